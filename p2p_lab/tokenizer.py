@@ -1,0 +1,54 @@
+"""A CLIP-convention BPE tokenizer for the shapes world, built from files this project writes.
+
+Taught in notebook 04 (the prompt model). CLIP's conventions are kept: byte-level alphabet,
+word-end marker ``</w>``, ``<|startoftext|>`` / ``<|endoftext|>``, padding with the end token to a
+fixed length. One word (:data:`SPLIT_WORD`) deliberately keeps two tokens, so the course can teach
+words that become several tokens, as many do in Stable Diffusion's tokenizer.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import shapes
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+SPLIT_WORD = "turquoise"
+MAX_LENGTH = 16  # tokens per prompt, start and end tokens included
+
+
+def world_words() -> list[str]:
+    return ["a", "on", "and", "background", *shapes.SIZES, *shapes.COLORS, *shapes.SHAPES]
+
+
+def write_bpe_files(folder: str | Path) -> tuple[Path, Path]:
+    """Train a BPE on the world's words, drop the last merge of SPLIT_WORD, write vocab + merges."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    trainer = trainers.BpeTrainer(vocab_size=1000, min_frequency=1, special_tokens=[BOS, EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  end_of_word_suffix="</w>", show_progress=False)
+    tok.train_from_iterator(world_words(), trainer=trainer)
+    model = json.loads(tok.to_str())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    target = SPLIT_WORD + "</w>"
+    merges = [m for m in merges if m.replace(" ", "") != target]  # keep SPLIT_WORD in two pieces
+    vocab = [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])
+             if t not in (target, BOS, EOS)]
+    vocab += [BOS, EOS]  # CLIP keeps the two special tokens last
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return folder / "vocab.json", folder / "merges.txt"
+
+
+def build_tokenizer(folder: str | Path):
+    """A ``transformers.CLIPTokenizer`` from freshly written BPE files in ``folder``."""
+    from transformers import CLIPTokenizer
+
+    write_bpe_files(folder)
+    return CLIPTokenizer.from_pretrained(str(folder), bos_token=BOS, eos_token=EOS, pad_token=EOS,
+                                         unk_token=EOS, model_max_length=MAX_LENGTH)

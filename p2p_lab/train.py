@@ -1,0 +1,410 @@
+"""Training the shipped model: ``python -m p2p_lab train`` (course part 6, "beyond the slides").
+
+Three stages, each resumable from the checkpoints in ``TrainConfig.out`` (kept outside git):
+
+1. the autoencoder (``AutoencoderKL``) on rendered shapes-world images, then frozen;
+2. the whole dataset encoded once into latent means and standard deviations;
+3. Algorithm 1 of DDPM on latents: t ~ U{0..999}, eps ~ N(0, I), z_t = sqrt(abar_t) z_0 +
+   sqrt(1 - abar_t) eps, loss ||eps - eps_theta(z_t, t, c)||^2, with the text encoder trained
+   jointly with the UNet and the caption dropped (replaced by "") 10% of the time so that
+   classifier-free guidance works.
+
+One addition the course states plainly wherever it shows attention maps: an auxiliary per-pixel
+cross-attention loss (``attn_loss_weight``) pushes latent pixels inside the object to attend to the
+object's words and pixels outside to the background word. Large models learn such maps from scale
+alone; a model this small, trained for an hour on a CPU, reads the prompt through the end and padding
+tokens instead unless it is helped.
+
+Runs through Hugging Face ``accelerate``: the same command uses a GPU where there is one.
+Checkpoints are safetensors (weights and optimizer moments) plus a JSON file of counters.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import shapes
+from .model import (ModelConfig, assemble_pipeline, build_scheduler, build_text_encoder,
+                    build_unet, build_vae)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    out: str = "runs/shapes-ldm"  # checkpoints and logs (outside git)
+    export: str = "data/shapes-ldm"  # where the finished pipeline is written
+    seed: int = 0
+    n_scenes: int = 50_000  # rendered once, then encoded once
+    vae_steps: int = 1200
+    vae_batch: int = 64
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-6  # on the summed KL per image
+    steps: int = 12_000  # UNet + text encoder steps
+    batch: int = 64
+    lr: float = 8e-4  # AdamW, linear warm-up then cosine to zero
+    warmup: int = 500
+    weight_decay: float = 0.01
+    ema: float = 0.999  # EMA of UNet and text encoder weights; the EMA weights are shipped
+    caption_dropout: float = 0.1
+    attn_loss_weight: float = 0.05  # 0 switches the auxiliary attention loss off
+    checkpoint_every: int = 500
+    export_every: int = 2000  # also exports to <out>/pipeline for a look while training
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    progress: bool = True
+
+
+# ------------------------------------------------------------------ data
+
+def render_dataset(n: int, seed: int) -> dict[str, np.ndarray]:
+    """n one-object scenes: images (n, 32, 32, 3) uint8, soft masks (n, 32, 32), attributes."""
+    rng = np.random.default_rng(seed)
+    size = shapes.IMAGE_SIZE
+    images = np.empty((n, size, size, 3), np.uint8)
+    masks = np.empty((n, size, size), np.float32)
+    attrs = np.empty((n, 4), np.int64)  # shape, colour, size, background (indices)
+    colors = list(shapes.COLORS)
+    for i in range(n):
+        scene = shapes.sample_scene(rng)
+        obj = scene.objects[0]
+        images[i], _ = shapes.render(scene)
+        masks[i] = shapes.shape_mask(obj)
+        attrs[i] = (shapes.SHAPES.index(obj.shape), colors.index(obj.color),
+                    shapes.SIZES.index(obj.size), colors.index(scene.background))
+    return {"images": images, "masks": masks, "attrs": attrs}
+
+
+def scene_from_attrs(a) -> shapes.Scene:
+    colors = list(shapes.COLORS)
+    obj = shapes.ShapeSpec(shapes.SHAPES[a[0]], colors[a[1]], shapes.SIZES[a[2]], (0.0, 0.0), 0.0)
+    return shapes.Scene((obj,), colors[a[3]])
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (n, H, W, 3) -> float (n, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def word_groups(tokenizer, words: list[str], length: int) -> list[list[int]]:
+    """Token positions of each word of a whitespace-split caption (position 0 is the start token)."""
+    pos, groups = 1, []
+    for w in words:
+        n = len(tokenizer(w, add_special_tokens=False).input_ids)
+        groups.append([p for p in range(pos, pos + n) if p < length])
+        pos += n
+    return groups
+
+
+def caption_targets(tokenizer, scene, rng, cfg: TrainConfig, length: int):
+    """A random caption for a scene, plus which token positions name the object / background."""
+    obj_groups, bg = torch.zeros(3, length), torch.zeros(length)
+    if rng.random() < cfg.caption_dropout:
+        return "", obj_groups, bg
+    text = shapes.random_caption(scene, rng)
+    words = text.split()
+    n_obj = words.index("on") if "on" in words else len(words)  # words before "on" name the object
+    k = 0
+    for i, g in enumerate(word_groups(tokenizer, words, length)):
+        if 0 < i < n_obj:  # skip the article
+            obj_groups[k, g] = 1.0
+            k += 1
+        elif i == len(words) - 2 and words[-1] == "background":
+            bg[g] = 1.0
+    return text, obj_groups, bg
+
+
+# ------------------------------------------------------------------ attention capture
+
+class CaptureCrossAttention:
+    """Attention processor that also stores head-averaged cross-attention probabilities.
+
+    Installed with ``unet.set_attn_processor`` on every layer; self-attention layers use torch's
+    fused attention, cross-attention layers compute probabilities explicitly and append them,
+    shaped (batch, n_pixels, n_tokens), to ``store``.
+    """
+
+    def __init__(self, store: list, is_cross: bool):
+        self.store, self.is_cross = store, is_cross
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 temb=None, **kwargs):
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        b, n, _ = hidden_states.shape
+        q = attn.to_q(hidden_states).view(b, n, attn.heads, -1).transpose(1, 2)  # (b, heads, n, d)
+        k = attn.to_k(context).view(b, context.shape[1], attn.heads, -1).transpose(1, 2)
+        v = attn.to_v(context).view(b, context.shape[1], attn.heads, -1).transpose(1, 2)
+        if self.is_cross:
+            probs = (q @ k.transpose(-1, -2) * attn.scale).softmax(-1)  # (b, heads, n, m)
+            self.store.append(probs.mean(1))
+            out = probs @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
+        out = out.transpose(1, 2).reshape(b, n, -1)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def install_capture(unet) -> list:
+    store: list = []
+    procs = {name: CaptureCrossAttention(store, name.endswith("attn2.processor"))
+             for name in unet.attn_processors}
+    unet.set_attn_processor(procs)
+    return store
+
+
+def attention_loss(store, masks_by_res, obj_groups, bg) -> torch.Tensor:
+    """Per-pixel loss: object pixels attend to the object's words, the rest to the background word.
+
+    store: list of (b, n_pix, m); masks_by_res: {res: (b, res*res) in {0, 1}};
+    obj_groups: (b, 3, m) one row per object word present; bg: (b, m).
+    """
+    present = obj_groups.amax(-1)  # (b, 3)
+    has_obj, has_bg = present.amax(-1), bg.amax(-1)  # (b,)
+    total, weight = 0.0, 0.0
+    for p in store:
+        inside = masks_by_res[int(math.isqrt(p.shape[1]))]  # (b, n_pix)
+        p_word = torch.einsum("bnm,bgm->bng", p, obj_groups)  # (b, n_pix, 3)
+        l_in = -(torch.log(p_word + 1e-4) * present[:, None]).sum(-1) / present.sum(-1).clamp(min=1)[:, None]
+        l_out = -torch.log((p * bg[:, None]).sum(-1) + 1e-4)  # (b, n_pix)
+        w_in, w_out = inside * has_obj[:, None], (1 - inside) * has_bg[:, None]
+        total = total + (l_in * w_in + l_out * w_out).sum()
+        weight = weight + (w_in + w_out).sum()
+    return total / max(float(weight), 1.0)
+
+
+# ------------------------------------------------------------------ checkpoints (safetensors only)
+
+def save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = opt.state_dict()["state"]
+    save_file({f"{i}.{k}": v.detach().cpu().contiguous().reshape(v.shape) for i, st in state.items()
+               for k, v in st.items()}, str(path))
+
+
+def load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    flat, state = load_file(str(path)), {}
+    for key, v in flat.items():
+        i, k = key.split(".", 1)
+        state.setdefault(int(i), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+
+
+def save_modules(path: Path, **modules) -> None:
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    for name, m in modules.items():
+        save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path / f"{name}.safetensors"))
+
+
+def load_modules(path: Path, **modules) -> None:
+    from safetensors.torch import load_file
+
+    for name, m in modules.items():
+        m.load_state_dict(load_file(str(path / f"{name}.safetensors")))
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, mininterval=10)
+
+
+# ------------------------------------------------------------------ stages
+
+def train_vae(cfg: TrainConfig, mcfg: ModelConfig, data, accelerator):
+    out = Path(cfg.out) / "vae"
+    vae = build_vae(mcfg)
+    state_file = out / "state.json"
+    step = json.loads(state_file.read_text())["step"] if state_file.exists() else 0
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
+    if step:
+        load_modules(out, vae=vae)
+        load_optimizer(opt, out / "optimizer.safetensors")
+    vae, opt = accelerator.prepare(vae, opt)
+    images = images_to_tensor(data["images"])
+    bar = _progress(cfg.vae_steps, step, "autoencoder", cfg.progress)
+    while step < cfg.vae_steps:
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        x = images[torch.randint(len(images), (cfg.vae_batch,), generator=g)].to(accelerator.device)
+        for group in opt.param_groups:
+            group["lr"] = cfg.vae_lr * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps))
+        post = accelerator.unwrap_model(vae).encode(x).latent_dist
+        recon = accelerator.unwrap_model(vae).decode(post.sample(generator=None)).sample
+        loss = F.mse_loss(recon, x) + cfg.kl_weight * post.kl().mean()
+        opt.zero_grad()
+        accelerator.backward(loss)
+        opt.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % cfg.checkpoint_every == 0 or step == cfg.vae_steps:
+            save_modules(out, vae=accelerator.unwrap_model(vae))
+            save_optimizer(opt, out / "optimizer.safetensors")
+            state_file.write_text(json.dumps({"step": step}))
+    bar.close()
+    vae = accelerator.unwrap_model(vae).eval().requires_grad_(False)
+    return vae
+
+
+@torch.no_grad()
+def encode_dataset(cfg: TrainConfig, vae, data, device) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file, save_file
+
+    path = Path(cfg.out) / "latents.safetensors"
+    if path.exists():
+        return load_file(str(path))
+    means, stds = [], []
+    images = images_to_tensor(data["images"])
+    for i in range(0, len(images), 256):
+        dist = vae.encode(images[i:i + 256].to(device)).latent_dist
+        means.append(dist.mean.cpu().contiguous())
+        stds.append(dist.std.cpu().contiguous())
+    lat = {"mean": torch.cat(means), "std": torch.cat(stds)}
+    save_file(lat, str(path))
+    return lat
+
+
+def train_ldm(cfg: TrainConfig, mcfg: ModelConfig, tokenizer, lat, data, scale, accelerator):
+    out = Path(cfg.out) / "ldm"
+    unet, text_encoder = build_unet(mcfg), build_text_encoder(mcfg, tokenizer)
+    ema_unet, ema_text = build_unet(mcfg), build_text_encoder(mcfg, tokenizer)
+    ema_unet.load_state_dict(unet.state_dict())
+    ema_text.load_state_dict(text_encoder.state_dict())
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state_file = out / "state.json"
+    step = json.loads(state_file.read_text())["step"] if state_file.exists() else 0
+    if step:
+        load_modules(out, unet=unet, text_encoder=text_encoder, ema_unet=ema_unet, ema_text=ema_text)
+        load_optimizer(opt, out / "optimizer.safetensors")
+    unet, text_encoder, opt = accelerator.prepare(unet, text_encoder, opt)
+    dev = accelerator.device
+    store = install_capture(accelerator.unwrap_model(unet))
+    scheduler = build_scheduler()
+    abar = scheduler.alphas_cumprod.to(dev)
+    length = tokenizer.model_max_length
+    masks = torch.from_numpy(data["masks"])[:, None]  # (n, 1, 32, 32)
+    latent_res = mcfg.image_size // 2 ** (len(mcfg.vae_channels) - 1)
+    masks_by_res = {r: (F.adaptive_avg_pool2d(masks, r) >= 0.5).float().flatten(1)
+                    for r in (latent_res, latent_res // 2, latent_res // 4) if r >= 1}
+    ema_params = list(ema_unet.parameters()) + list(ema_text.parameters())
+    bar = _progress(cfg.steps, step, "unet+text", cfg.progress)
+    log = open(out.parent / "log.jsonl", "a")
+    t0 = time.time()
+    while step < cfg.steps:
+        rng = np.random.default_rng([cfg.seed, step])
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        idx = torch.from_numpy(rng.integers(len(lat["mean"]), size=cfg.batch))
+        z0 = (lat["mean"][idx] + lat["std"][idx] * torch.randn(lat["mean"][idx].shape, generator=g)) * scale
+        texts, groups, bgs = zip(*(caption_targets(tokenizer, scene_from_attrs(data["attrs"][i]), rng, cfg, length)
+                                   for i in idx.tolist()))
+        ids = tokenizer(list(texts), padding="max_length", max_length=length, truncation=True,
+                        return_tensors="pt").input_ids
+        t = torch.randint(0, len(abar), (cfg.batch,), generator=g)
+        eps = torch.randn(z0.shape, generator=g)
+        z0, eps, t, ids = z0.to(dev), eps.to(dev), t.to(dev), ids.to(dev)
+        a = abar[t].view(-1, 1, 1, 1)
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * eps  # (b, 4, 8, 8)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        store.clear()
+        cond = text_encoder(ids)[0]  # (b, 16, 64)
+        pred = unet(zt, t, cond).sample
+        mse = F.mse_loss(pred, eps)
+        aux = torch.zeros((), device=dev)
+        if cfg.attn_loss_weight > 0:
+            aux = attention_loss(store, {r: m[idx].to(dev) for r, m in masks_by_res.items()},
+                                 torch.stack(groups).to(dev), torch.stack(bgs).to(dev))
+        loss = mse + cfg.attn_loss_weight * aux
+        opt.zero_grad()
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        decay = min(cfg.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, [p.detach().cpu() for p in params], 1 - decay)
+        bar.update(1)
+        bar.set_postfix(mse=f"{mse.item():.4f}", attn=f"{aux.item():.3f}")
+        if step % 100 == 0:
+            log.write(json.dumps({"step": step, "mse": mse.item(), "attn": aux.item(),
+                                  "lr": lr_at(step, cfg), "sec": time.time() - t0}) + "\n")
+            log.flush()
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save_modules(out, unet=accelerator.unwrap_model(unet),
+                         text_encoder=accelerator.unwrap_model(text_encoder),
+                         ema_unet=ema_unet, ema_text=ema_text)
+            save_optimizer(opt, out / "optimizer.safetensors")
+            state_file.write_text(json.dumps({"step": step}))
+        if step % cfg.export_every == 0 and step < cfg.steps:
+            export(Path(cfg.out) / "pipeline", ema_unet, ema_text, tokenizer)
+    bar.close()
+    log.close()
+    return ema_unet, ema_text
+
+
+_VAE = None  # the frozen autoencoder of the current run, set by main()
+
+
+def export(folder: Path, unet, text_encoder, tokenizer) -> None:
+    """Write a standard diffusers pipeline folder (safetensors only)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    u = UNet2DConditionModel.from_config(unet.config)
+    u.load_state_dict(unet.state_dict())
+    te = CLIPTextModel(text_encoder.config)
+    te.load_state_dict(text_encoder.state_dict())
+    pipe = assemble_pipeline(_VAE, te.eval(), tokenizer, u.eval())
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+
+
+def main(cfg: TrainConfig, mcfg: ModelConfig | None = None) -> Path:
+    global _VAE
+    from accelerate import Accelerator
+
+    from .tokenizer import build_tokenizer
+
+    mcfg = mcfg or ModelConfig()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps({"train": dataclasses.asdict(cfg),
+                                                 "model": dataclasses.asdict(mcfg)}, indent=1))
+    accelerator = Accelerator()
+    tokenizer = build_tokenizer(out / "bpe")
+    data_file = out / "scenes.npz"
+    if data_file.exists():
+        data = dict(np.load(data_file))
+    else:
+        data = render_dataset(cfg.n_scenes, cfg.seed)
+        np.savez(data_file, **data)
+    t0 = time.time()
+    vae = train_vae(cfg, mcfg, data, accelerator)
+    lat = encode_dataset(cfg, vae, data, accelerator.device)
+    scale = float(1.0 / lat["mean"].std())
+    vae.register_to_config(scaling_factor=scale)
+    _VAE = vae.cpu()
+    unet, text_encoder = train_ldm(cfg, mcfg, tokenizer, lat, data, scale, accelerator)
+    export(Path(cfg.export), unet, text_encoder, tokenizer)
+    (out / "done.json").write_text(json.dumps({"seconds_this_run": time.time() - t0,
+                                               "device": str(accelerator.device),
+                                               "threads": torch.get_num_threads()}))
+    return Path(cfg.export)

@@ -1,0 +1,1 @@
+"""Pure plotting functions (``plot_*(...) -> matplotlib Figure``), one module per notebook topic."""
