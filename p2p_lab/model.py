@@ -88,6 +88,27 @@ def assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler=None):
                                    requires_safety_checker=False)
 
 
+@dataclasses.dataclass(frozen=True)
+class SamplingDefaults:
+    num_inference_steps: int
+    guidance_scale: float
+
+
+SHAPES_DEFAULTS = SamplingDefaults(num_inference_steps=20, guidance_scale=4.0)
+SD_DEFAULTS = SamplingDefaults(num_inference_steps=50, guidance_scale=7.5)
+
+
+def is_shapes_model(pipe) -> bool:
+    """True for a shapes-world pipeline (16-token prompts), False for Stable Diffusion and others."""
+    return pipe.tokenizer.model_max_length == ModelConfig.max_length
+
+
+def sampling_defaults(pipe) -> SamplingDefaults:
+    """Default steps and guidance: 20 DDIM steps at guidance 4 for the shipped model, SD's 50 / 7.5
+    otherwise."""
+    return SHAPES_DEFAULTS if is_shapes_model(pipe) else SD_DEFAULTS
+
+
 def default_device() -> str:
     if torch.cuda.is_available():
         return "cuda"

@@ -35,8 +35,11 @@ def write_bpe_files(folder: str | Path) -> tuple[Path, Path]:
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     target = SPLIT_WORD + "</w>"
     merges = [m for m in merges if m.replace(" ", "") != target]  # keep SPLIT_WORD in two pieces
-    vocab = [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])
-             if t not in (target, BOS, EOS)]
+    # Ids in a fixed order (the trainer's own ids vary from run to run): the byte alphabet, the
+    # word-final single characters, each merge's result in merge order, then the special tokens.
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    finals = sorted(t for t in model["vocab"] if t.endswith("</w>") and len(t) == 5)
+    vocab = list(dict.fromkeys(alphabet + finals + [m.replace(" ", "") for m in merges]))
     vocab += [BOS, EOS]  # CLIP keeps the two special tokens last
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

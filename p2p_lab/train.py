@@ -41,9 +41,9 @@ class TrainConfig:
     export: str = "data/shapes-ldm"  # where the finished pipeline is written
     seed: int = 0
     n_scenes: int = 50_000  # rendered once, then encoded once
-    vae_steps: int = 1200
-    vae_batch: int = 64
-    vae_lr: float = 1e-3
+    vae_steps: int = 3500
+    vae_batch: int = 16  # small batches: more updates per CPU second on this simple world
+    vae_lr: float = 1e-3  # 100-step warm-up, constant, linear decay to 0 over the last 1000 steps
     kl_weight: float = 1e-6  # on the summed KL per image
     steps: int = 12_000  # UNet + text encoder steps
     batch: int = 64
@@ -242,7 +242,7 @@ def train_vae(cfg: TrainConfig, mcfg: ModelConfig, data, accelerator):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         x = images[torch.randint(len(images), (cfg.vae_batch,), generator=g)].to(accelerator.device)
         for group in opt.param_groups:
-            group["lr"] = cfg.vae_lr * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps))
+            group["lr"] = cfg.vae_lr * min(1.0, (step + 1) / 100, (cfg.vae_steps - step) / 1000)
         post = accelerator.unwrap_model(vae).encode(x).latent_dist
         recon = accelerator.unwrap_model(vae).decode(post.sample(generator=None)).sample
         loss = F.mse_loss(recon, x) + cfg.kl_weight * post.kl().mean()

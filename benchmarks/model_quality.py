@@ -1,0 +1,156 @@
+"""How good is the shipped model? Prints figures; the last line is one JSON object.
+
+    python benchmarks/model_quality.py            # full: 378 base-form samples + 126 size-word samples
+    python benchmarks/model_quality.py --quick    # smoke run
+
+Measures, at the model's default steps and guidance (p2p_lab.model.sampling_defaults):
+* prompt following: every shape x colour x background combination, scored by the shapes-world
+  scorer (object colour, background colour, shape; the size word separately);
+* seconds per image, batch 1, on this machine;
+* readable cross-attention: for the shape word and the colour word, the share of attention mass
+  inside the object's mask divided by the mask's share of the image, at the finest latent
+  resolution, averaged over its cross-attention layers and the steps;
+* the fixed-seed baseline: same seed, one word changed (shape, colour or background): how often
+  an object moves (> 2 px), the object count changes, or the background changes although the edit
+  did not name it.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from p2p_lab import shapes
+from p2p_lab.model import load_pipeline, sampling_defaults
+from p2p_lab.train import install_capture, word_groups
+
+
+def generate(pipe, prompts, seeds, defaults, capture=None):
+    """Images (n, 32, 32, 3) float in [0, 1], one seed per prompt (batched)."""
+    latents = torch.stack([torch.randn((4, 8, 8), generator=torch.Generator().manual_seed(s))
+                           for s in seeds])
+    out = pipe(list(prompts), latents=latents, num_inference_steps=defaults.num_inference_steps,
+               guidance_scale=defaults.guidance_scale, output_type="np")
+    return out.images
+
+
+def prompt_following(pipe, defaults, n_seeds, batch=42):
+    combos = [(s, c, b) for s, c, b in itertools.product(shapes.SHAPES, shapes.COLORS, shapes.COLORS) if c != b]
+    jobs = [(f"a {c} {s} on a {b} background", seed) for (s, c, b) in combos for seed in range(n_seeds)]
+    sized = [(f"a {z} {c} {s} on a {b} background", 1000 + i)
+             for i, ((s, c, b), z) in enumerate(zip(combos, itertools.cycle(shapes.SIZES)))]
+    scores, size_scores = [], []
+    for group, sink in ((jobs, scores), (sized, size_scores)):
+        for i in range(0, len(group), batch):
+            prompts, seeds = zip(*group[i:i + batch])
+            for img, p in zip(generate(pipe, prompts, seeds, defaults), prompts):
+                sink.append(shapes.score_caption(img, p))
+    mean = lambda rows, k: float(np.mean([bool(r[k]) for r in rows]))  # noqa: E731
+    return {"n": len(scores), "color": mean(scores, "color"), "background": mean(scores, "background"),
+            "shape": mean(scores, "shape"), "all": mean(scores, "all"),
+            "size_word_n": len(size_scores), "size_word": mean(size_scores, "size")}
+
+
+def seconds_per_image(pipe, defaults, repeats=5):
+    generate(pipe, ["a red circle on a blue background"], [0], defaults)  # warm-up
+    t0 = time.perf_counter()
+    for i in range(repeats):
+        generate(pipe, ["a red circle on a blue background"], [i], defaults)
+    return (time.perf_counter() - t0) / repeats
+
+
+def attention_readability(pipe, defaults, n=60):
+    """Mass-in-mask / area share for the shape and colour words at the finest latent resolution."""
+    rng = np.random.default_rng(0)
+    scenes = [shapes.sample_scene(rng) for _ in range(n)]
+    prompts = [shapes.caption(s) for s in scenes]
+    original = dict(pipe.unet.attn_processors)
+    store = install_capture(pipe.unet)
+    try:
+        images = generate(pipe, prompts, range(n), defaults)
+    finally:
+        pipe.unet.set_attn_processor(original)
+    res = int(max(np.sqrt(p.shape[1]) for p in store))
+    fine = [p[n:] for p in store if p.shape[1] == res * res]  # conditional half, finest layers
+    maps = torch.stack(fine).mean(0)  # (n, res*res, tokens), averaged over layers and steps
+    length = pipe.tokenizer.model_max_length
+    ratios = {"shape": [], "color": []}
+    for i, (img, prompt) in enumerate(zip(images, prompts)):
+        reading = shapes.read_image(img)
+        if len(reading.objects) != 1:
+            continue
+        mask = torch.from_numpy(reading.objects[0].mask.astype(np.float32))[None, None]
+        mask = F.adaptive_avg_pool2d(mask, res).flatten()  # (res*res,) area fraction per latent pixel
+        words = prompt.split()
+        groups = word_groups(pipe.tokenizer, words, length)
+        share = mask.mean().item()
+        for key, word in (("color", words[1]), ("shape", words[2])):
+            m = maps[i][:, groups[words.index(word)]].sum(-1)  # (res*res,)
+            ratios[key].append(((m * mask).sum() / m.sum()).item() / share)
+    return {"resolution": res, "n_scored": len(ratios["shape"]),
+            "shape_word_ratio": float(np.mean(ratios["shape"])),
+            "color_word_ratio": float(np.mean(ratios["color"]))}
+
+
+def fixed_seed_baseline(pipe, defaults, n=60):
+    """Same seed, one word changed: how often does the composition change beyond the edit?"""
+    rng = np.random.default_rng(1)
+    src, tgt, kinds = [], [], []
+    for i in range(n):
+        scene = shapes.sample_scene(rng)
+        obj, kind = scene.objects[0], ["shape", "color", "background"][i % 3]
+        if kind == "shape":
+            new = shapes.Scene((shapes.ShapeSpec(next(s for s in rng.permutation(shapes.SHAPES) if s != obj.shape),
+                                                 obj.color, obj.size, obj.center, obj.radius),), scene.background)
+        elif kind == "color":
+            c = next(c for c in rng.permutation(list(shapes.COLORS)) if c not in (obj.color, scene.background))
+            new = shapes.Scene((shapes.ShapeSpec(obj.shape, c, obj.size, obj.center, obj.radius),), scene.background)
+        else:
+            b = next(c for c in rng.permutation(list(shapes.COLORS)) if c not in (obj.color, scene.background))
+            new = shapes.Scene(scene.objects, b)
+        src.append(shapes.caption(scene))
+        tgt.append(shapes.caption(new))
+        kinds.append(kind)
+    a = generate(pipe, src, range(n), defaults)
+    b = generate(pipe, tgt, range(n), defaults)
+    changed, shifts = [], []
+    for ia, ib, kind in zip(a, b, kinds):
+        ra, rb = shapes.read_image(ia), shapes.read_image(ib)
+        if len(ra.objects) != len(rb.objects) or not ra.objects:
+            changed.append(True)
+            continue
+        (ya, xa), (yb, xb) = ra.objects[0].centroid, rb.objects[0].centroid
+        shift = float(np.hypot(ya - yb, xa - xb))
+        shifts.append(shift)
+        changed.append(shift > 2.0 or (kind != "background" and ra.background != rb.background))
+    return {"n": n, "composition_changed": float(np.mean(changed)),
+            "median_centroid_shift_px": float(np.median(shifts)) if shifts else None}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a smoke run with few samples")
+    parser.add_argument("--model", default=None, help="pipeline folder (default: the shipped model)")
+    args = parser.parse_args()
+    pipe = load_pipeline(args.model, device="cpu")
+    d = sampling_defaults(pipe)
+    result = {"steps": d.num_inference_steps, "guidance": d.guidance_scale, "device": "cpu",
+              "threads": torch.get_num_threads()}
+    result["seconds_per_image_batch1"] = seconds_per_image(pipe, d, 2 if args.quick else 5)
+    print(f"seconds per image (batch 1, {d.num_inference_steps} steps): {result['seconds_per_image_batch1']:.3f}")
+    result["prompt_following"] = prompt_following(pipe, d, 1 if args.quick else 3)
+    print("prompt following:", result["prompt_following"])
+    result["attention"] = attention_readability(pipe, d, 12 if args.quick else 60)
+    print("attention readability:", result["attention"])
+    result["fixed_seed_baseline"] = fixed_seed_baseline(pipe, d, 12 if args.quick else 60)
+    print("fixed-seed baseline:", result["fixed_seed_baseline"])
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

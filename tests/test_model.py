@@ -1,0 +1,91 @@
+"""The shipped model: a standard diffusers pipeline folder, loaded offline, deterministic."""
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from p2p_lab import shapes
+from p2p_lab.model import SHIPPED_MODEL, load_pipeline
+from p2p_lab.tokenizer import MAX_LENGTH, SPLIT_WORD, world_words
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection fails loudly."""
+    def refuse(*args, **kwargs):
+        raise OSError("network access attempted in an offline test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_folder_is_a_small_safetensors_pipeline():
+    files = [p for p in SHIPPED_MODEL.rglob("*") if p.is_file()]
+    weights = [p for p in files if p.suffix in {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl"}]
+    assert weights and all(p.suffix == ".safetensors" for p in weights)
+    assert sum(p.stat().st_size for p in files) <= 25 * 2**20
+
+
+def test_standard_diffusers_loading_offline(no_network):
+    from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionPipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(SHIPPED_MODEL), local_files_only=True)
+    assert isinstance(pipe.vae, AutoencoderKL)
+    assert isinstance(pipe.unet, UNet2DConditionModel)
+    assert isinstance(pipe.text_encoder, CLIPTextModel)
+    assert isinstance(pipe.tokenizer, CLIPTokenizer)
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    assert any(name.endswith("attn2.processor") for name in pipe.unet.attn_processors)
+
+
+def test_tokenizer_conventions(shipped_pipe):
+    tok = shipped_pipe.tokenizer
+    assert tok.model_max_length == MAX_LENGTH
+    ids = tok("a red circle", padding="max_length", max_length=MAX_LENGTH).input_ids
+    assert len(ids) == MAX_LENGTH
+    assert ids[0] == tok.bos_token_id and ids[4] == tok.eos_token_id and ids[-1] == tok.pad_token_id
+    assert tok.convert_ids_to_tokens(ids[1:4]) == ["a</w>", "red</w>", "circle</w>"]
+    for word in world_words():
+        n = len(tok(word, add_special_tokens=False).input_ids)
+        assert n == (2 if word == SPLIT_WORD else 1), word
+
+
+def test_same_seed_same_image_bit_for_bit(shipped_pipe):
+    def run():
+        g = torch.Generator().manual_seed(3)
+        return shipped_pipe("a red circle on a blue background", num_inference_steps=5,
+                            generator=g, output_type="np").images
+
+    a, b = run(), run()
+    assert a.shape == (1, shapes.IMAGE_SIZE, shapes.IMAGE_SIZE, 3)
+    assert np.array_equal(a, b)
+
+
+def test_missing_folder_gets_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_pipeline(tmp_path / "nowhere")
+
+
+def test_incomplete_folder_names_what_is_missing(tmp_path):
+    folder = tmp_path / "broken"
+    shutil.copytree(SHIPPED_MODEL, folder)
+    shutil.rmtree(folder / "unet")
+    with pytest.raises(FileNotFoundError, match="unet"):
+        load_pipeline(folder)
+
+
+def test_hub_id_offline_gets_a_clear_error(no_network):
+    with pytest.raises(OSError, match="network"):
+        load_pipeline("CompVis/stable-diffusion-v1-4", device="cpu")
+
+
+def test_loader_defaults_to_cpu_float32_here():
+    pipe = load_pipeline()
+    assert pipe.device.type == ("cuda" if torch.cuda.is_available() else pipe.device.type)
+    assert pipe.unet.dtype == (torch.float16 if pipe.device.type == "cuda" else torch.float32)
+    assert Path(pipe.config._name_or_path).resolve() == SHIPPED_MODEL.resolve()
