@@ -216,20 +216,20 @@ def nearest_color(pixels: np.ndarray) -> np.ndarray:
 
 
 def _classify_shape(mask: np.ndarray) -> tuple[str, float]:
+    """Best-matching shape (IoU with an ideal circle, square or triangle inscribed in the mask's
+    bounding box) and its half-extent from the area."""
     rows, cols = np.nonzero(mask)
-    h, w = int(np.ptp(rows)) + 1, int(np.ptp(cols)) + 1
-    fill = mask.sum() / float(h * w)  # square ~1, circle ~pi/4, triangle ~1/2
-    # A triangle is wider at the bottom: compare the top and bottom thirds of its box.
-    top = mask[rows.min(): rows.min() + max(1, h // 3)].sum()
-    bottom = mask[rows.max() - max(1, h // 3) + 1: rows.max() + 1].sum()
-    if fill > 0.9:
-        shape = "square"
-    elif bottom > 1.6 * top or fill < 0.66:
-        shape = "triangle"
-    else:
-        shape = "circle"
+    top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    y, x = np.mgrid[top:bottom, left:right] + 0.5  # pixel centres inside the box
+    v = (y - (top + bottom) / 2.0) / ((bottom - top) / 2.0)  # in [-1, 1], down
+    u = (x - (left + right) / 2.0) / ((right - left) / 2.0)  # in [-1, 1], right
+    ideal = {"square": np.ones_like(u, bool), "circle": u ** 2 + v ** 2 <= 1.0,
+             "triangle": np.abs(u) <= (v + 1.0) / 2.0}
+    box = mask[top:bottom, left:right]
+    iou = {k: (m & box).sum() / float((m | box).sum()) for k, m in ideal.items()}
+    best = max(iou, key=iou.get)
     area = float(mask.sum())  # half-extent r from the area: square 4r^2, circle pi r^2, triangle 2r^2
-    return shape, float(np.sqrt(area / {"square": 4.0, "circle": np.pi, "triangle": 2.0}[shape]))
+    return best, float(np.sqrt(area / {"square": 4.0, "circle": np.pi, "triangle": 2.0}[best]))
 
 
 def read_image(image, min_pixels: int = 6) -> Reading:
@@ -237,7 +237,7 @@ def read_image(image, min_pixels: int = 6) -> Reading:
 
     The background is the most common named colour on the border; every connected region of
     another colour with at least ``min_pixels`` pixels is an object, read for colour (majority),
-    shape (fill of its bounding box and top/bottom balance), size, mask and centroid.
+    shape (best IoU with an ideal circle, square or triangle inscribed in its box), size, mask and centroid.
     """
     from scipy import ndimage
 
