@@ -1,0 +1,109 @@
+"""Plots of attention weights (notebooks 01 and 02): heatmaps with token labels, per-token maps.
+
+Pure functions: each takes tensors and labels and returns a matplotlib ``Figure``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["plot_attention", "plot_attention_heads", "plot_token_maps", "clean_token"]
+
+
+def _np(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=float)
+
+
+def clean_token(token: str) -> str:
+    """A tokenizer piece as a short label: ``'red</w>'`` -> ``'red'``, ``'<|endoftext|>'`` -> ``'<end>'``."""
+    return {"<|startoftext|>": "<start>", "<|endoftext|>": "<end>"}.get(token, token.replace("</w>", ""))
+
+
+def _heatmap(ax, weights, query_labels, key_labels, title, annotate):
+    w = _np(weights)
+    if w.ndim != 2:
+        raise ValueError(f"expected a 2-D (n_query, n_key) weight matrix, got shape {w.shape}; "
+                         f"pick one batch element / head first")
+    im = ax.imshow(w, cmap="viridis", vmin=0.0, vmax=max(1e-9, float(w.max())), aspect="auto")
+    for labels, n, axis in ((query_labels, w.shape[0], "query"), (key_labels, w.shape[1], "key")):
+        if labels is not None and len(labels) != n:
+            raise ValueError(f"{len(labels)} {axis} labels for {n} {axis} rows/columns")
+    ax.set_xticks(range(w.shape[1]), key_labels if key_labels is not None else range(w.shape[1]),
+                  rotation=45, ha="right")
+    ax.set_yticks(range(w.shape[0]), query_labels if query_labels is not None else range(w.shape[0]))
+    ax.set_xlabel("keys (attended to)")
+    ax.set_ylabel("queries")
+    if annotate and w.size <= 100:
+        for i, j in np.ndindex(*w.shape):
+            ax.text(j, i, f"{w[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                    color="black" if w[i, j] > 0.6 * w.max() else "white")
+    if title:
+        ax.set_title(title)
+    return im
+
+
+def plot_attention(weights, query_labels=None, key_labels=None, title: str | None = None,
+                   annotate: bool = True):
+    """Heatmap of one (n_query, n_key) attention matrix: row i is query i's distribution over keys."""
+    import matplotlib.pyplot as plt
+
+    w = _np(weights)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * max(3, w.shape[-1]), 0.8 + 0.5 * max(3, w.shape[0])))
+    im = _heatmap(ax, w, query_labels, key_labels, title, annotate)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    return fig
+
+
+def plot_attention_heads(weights, query_labels=None, key_labels=None, title: str | None = None):
+    """One heatmap per head: ``weights`` has shape (heads, n_query, n_key)."""
+    import matplotlib.pyplot as plt
+
+    w = _np(weights)
+    if w.ndim != 3:
+        raise ValueError(f"expected (heads, n_query, n_key), got shape {w.shape}")
+    fig, axes = plt.subplots(1, w.shape[0], figsize=(3.2 * w.shape[0], 3.2), squeeze=False)
+    for h, ax in enumerate(axes[0]):
+        _heatmap(ax, w[h], query_labels if h == 0 else None, key_labels, f"head {h}", annotate=False)
+        if h:
+            ax.set_yticks(range(w.shape[1]), [""] * w.shape[1])
+            ax.set_ylabel("")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_token_maps(maps, tokens, image=None, skip_padding: bool = True, title: str | None = None):
+    """Each token's attention over the image: ``maps`` (n_tokens, height, width), one panel per token.
+
+    ``image`` (H x W x 3, values in [0, 1]) is drawn first when given. Padding tokens after the first
+    end token are left out when ``skip_padding``. Each map is shown with its own colour scale and
+    its total attention share (mean over pixels) in the title.
+    """
+    import matplotlib.pyplot as plt
+
+    m = _np(maps)
+    if m.ndim != 3 or m.shape[0] != len(tokens):
+        raise ValueError(f"maps must be (n_tokens, height, width) with one map per token: got "
+                         f"{m.shape} for {len(tokens)} tokens")
+    keep = list(range(len(tokens)))
+    if skip_padding and "<|endoftext|>" in tokens:
+        keep = keep[: tokens.index("<|endoftext|>") + 1]
+    panels = (image is not None) + len(keep)
+    fig, axes = plt.subplots(1, panels, figsize=(1.6 * panels, 2.0), squeeze=False)
+    axes = list(axes[0])
+    if image is not None:
+        ax = axes.pop(0)
+        ax.imshow(np.clip(_np(image), 0, 1), interpolation="nearest")
+        ax.set_title("image", fontsize=9)
+        ax.axis("off")
+    for ax, j in zip(axes, keep):
+        ax.imshow(m[j], cmap="inferno", interpolation="nearest")
+        ax.set_title(f"{clean_token(tokens[j])}\n{m[j].mean():.2f}", fontsize=9)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,377 @@
+"""Release and autograding: stubs, forbid, the grader on every notebook and on hostile submissions.
+
+Grading executes a notebook in a separate process, so these tests are the slow ones of the suite:
+the master and student versions of every notebook are graded once (module fixture, in parallel),
+and hostile behaviour is tested on small synthetic notebooks: most against a pure-Python hidden
+test file (fast to start), one against the real 01_attention hidden tests.
+"""
+import json
+import operator
+import sys
+import textwrap
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from p2p_lab import grading
+from p2p_lab.grading import BEGIN, END, ForbiddenCall, Limits, forbid
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+FAST = Limits(cell_s=4, question_s=4, startup_s=120, total_s=400)
+
+
+def _notebook(path, cells, assignment):
+    nb = new_notebook(cells=[new_code_cell(textwrap.dedent(c).strip("\n")) for c in cells])
+    if assignment:
+        nb.metadata["p2p_lab"] = {"assignment": assignment}
+    nbformat.write(nb, path)
+    return path
+
+
+# --- release -----------------------------------------------------------------------------------
+
+def test_strip_solutions_keeps_indentation_and_the_rest():
+    src = f"def f(x):\n    y = 1\n    {BEGIN}\n    return x + y\n    {END}\n\nprint(f)"
+    out = grading.strip_solutions(src, "q1")
+    assert out == 'def f(x):\n    y = 1\n    raise NotImplementedError("q1: write your solution here")\n\nprint(f)'
+    two = f"{BEGIN}\na = 1\n{END}\nb = 2\n  {BEGIN}\n  c = 3\n  {END}"
+    assert grading.strip_solutions(two, "q").count("NotImplementedError") == 2
+    for bad in (f"{BEGIN}\nx", f"x\n{END}", f"{BEGIN}\n{BEGIN}\n{END}"):
+        with pytest.raises(ValueError):
+            grading.strip_solutions(bad, "q")
+
+
+def test_student_notebook_needs_question_metadata():
+    nb = new_notebook(cells=[new_code_cell(f"def f():\n    {BEGIN}\n    pass\n    {END}")])
+    with pytest.raises(ValueError, match="question"):
+        grading.student_notebook(nb, "x.ipynb")
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory):
+    out = tmp_path_factory.mktemp("release")
+    from p2p_lab.__main__ import main
+
+    assert main(["release", str(out)]) == 0  # through the command line
+    return out
+
+
+def test_release_layout(released):
+    student, grader = released / "student", released / "autograder"
+    assert sorted(p.name for p in (student / "notebooks").glob("*.ipynb")) == [p.name for p in NOTEBOOKS]
+    for target in (student, grader):
+        assert (target / "p2p_lab" / "attention.py").exists()
+        assert (target / "data" / "shapes-ldm" / "model_index.json").exists()
+        assert (target / "pyproject.toml").exists()
+    assert (grader / "run_autograder").exists() and (grader / "setup.sh").exists()
+    hidden = sorted(p.name for p in (ROOT / "tests" / "hidden").glob("hidden_*.py"))
+    assert sorted(p.name for p in (grader / "tests" / "hidden").glob("*.py")) == hidden
+
+
+def test_student_release_has_no_solutions_and_no_hidden_tests(released):
+    student = released / "student"
+    hidden_texts = [p.read_text() for p in (ROOT / "tests" / "hidden").glob("hidden_*.py")]
+    for path in student.rglob("*"):
+        if not path.is_file():
+            continue
+        assert not path.name.startswith("hidden_"), path
+        if path.suffix in (".py", ".ipynb", ".md", ".txt", ".toml", ".json", ".sh", ""):
+            text = path.read_text(errors="replace")
+            lines = {line.strip().strip('",').replace("\\n", "").strip() for line in text.splitlines()}
+            assert BEGIN not in lines and END not in lines, f"solution marker in {path}"
+            if path.suffix == ".ipynb":
+                assert BEGIN not in text and END not in text, f"solution marker in {path}"
+            assert "tests/hidden" not in text or path.suffix == ".py", path
+            for hidden in hidden_texts:
+                assert hidden not in text
+    for master in NOTEBOOKS:
+        nb = nbformat.read(master, as_version=4)
+        stub = nbformat.read(student / "notebooks" / master.name, as_version=4)
+        assert len(nb.cells) == len(stub.cells)
+        for cell, scell in zip(nb.cells, stub.cells):
+            if cell.cell_type == "code":
+                assert scell.outputs == [] and scell.execution_count is None
+            if BEGIN in cell.source:
+                solution = cell.source.split(BEGIN, 1)[1].split(END, 1)[0]
+                body = "\n".join(line for line in solution.splitlines() if line.strip())
+                assert body.strip() and body not in scell.source
+                assert f'raise NotImplementedError("{cell.metadata["p2p_lab"]["question"]}' in scell.source
+            else:
+                assert scell.source == cell.source
+
+
+# --- forbid ------------------------------------------------------------------------------------
+
+def test_forbid_catches_attribute_alias_and_captured_references():
+    import p2p_lab.attention as att
+
+    original = att.token_maps
+    alias = att.token_maps
+    ns = {"tm": att.token_maps}
+    grading._NAMESPACES.append(ns)
+    try:
+        def captured(f=att.token_maps):  # a reference taken before forbid: caught via its code
+            return f(None, 1, 1)
+
+        with pytest.raises(ForbiddenCall):
+            with forbid("p2p_lab.attention.token_maps"):
+                att.token_maps(None, 1, 1)
+        for call in (lambda: ns["tm"](None, 1, 1), captured, lambda: alias(None, 1, 1)):
+            with pytest.raises(ForbiddenCall, match="p2p_lab.attention.token_maps"):
+                with forbid("p2p_lab.attention.token_maps"):
+                    call()
+    finally:
+        grading._NAMESPACES.remove(ns)
+    assert att.token_maps is original and ns["tm"] is original
+    assert original.__code__.co_name == "token_maps"  # code restored
+
+
+def test_forbid_builtin_and_swallowed_calls():
+    def sneaky(a):
+        try:
+            return operator.neg(a)
+        except BaseException:  # noqa: BLE001 - swallowing it does not help
+            return -a
+
+    with pytest.raises(ForbiddenCall):
+        with forbid("operator.neg"):
+            sneaky(3)
+    assert operator.neg(3) == -3
+    with forbid("operator.neg", "no_such_module.f", "operator.no_such_name"):
+        assert operator.pos(3) == 3  # other functions still work; unknown names are ignored
+
+
+def test_forbid_restores_on_errors_and_nests():
+    import torch
+
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    with pytest.raises(ZeroDivisionError):
+        with forbid("torch.nn.functional.scaled_dot_product_attention"):
+            with forbid("torch.softmax"):
+                pass
+            assert torch.nn.functional.scaled_dot_product_attention is not sdpa  # outer still active
+            1 / 0
+    assert torch.nn.functional.scaled_dot_product_attention is sdpa
+
+
+# --- assignment recognition --------------------------------------------------------------------
+
+def test_find_assignment(tmp_path):
+    hidden = ROOT / "tests" / "hidden"
+    nb = new_notebook(cells=[new_code_cell("x = 1")])
+    nb.metadata["p2p_lab"] = {"assignment": "02_cross_attention"}
+    assert grading.find_assignment(nb, tmp_path / "my_homework.ipynb", hidden) == "02_cross_attention"
+    bare = new_notebook(cells=[new_code_cell("def attention(Q, K, V): pass")])
+    bare.cells[0].metadata["p2p_lab"] = {"question": "attention"}
+    assert grading.find_assignment(bare, tmp_path / "renamed.ipynb", hidden) == "01_attention"
+    with pytest.raises(ValueError, match="cannot tell"):
+        grading.find_assignment(new_notebook(), tmp_path / "x.ipynb", hidden)
+
+
+def test_gradescope_layout_with_no_notebook(tmp_path):
+    (tmp_path / "submission").mkdir()
+    result = grading.grade(tmp_path / "submission", tmp_path / "results" / "results.json")
+    assert result["score"] == 0 and "no .ipynb" in result["output"]
+    assert json.loads((tmp_path / "results" / "results.json").read_text())["tests"] == []
+
+
+def test_unreadable_and_unknown_submissions(tmp_path):
+    (tmp_path / "junk.ipynb").write_text("this is not json")
+    result = grading.grade_notebook(tmp_path / "junk.ipynb")
+    assert result["score"] == 0 and "not a readable" in result["output"]
+    _notebook(tmp_path / "other.ipynb", ["x = 1"], "99_unknown")
+    result = grading.grade_notebook(tmp_path / "other.ipynb")
+    assert result["score"] == 0 and "no hidden tests" in result["output"]
+
+
+# --- the grader on every notebook: master full marks, fresh student version zero -----------------
+
+@pytest.fixture(scope="module")
+def graded(released, tmp_path_factory):
+    """Grade every master and every released student notebook once (two at a time)."""
+    folder = tmp_path_factory.mktemp("both")
+    for nb in NOTEBOOKS:
+        (folder / "master").mkdir(exist_ok=True)
+        (folder / "student").mkdir(exist_ok=True)
+        (folder / "master" / nb.name).write_bytes(nb.read_bytes())
+        (folder / "student" / f"renamed_{nb.name}").write_bytes(
+            (released / "student" / "notebooks" / nb.name).read_bytes())
+    limits = Limits(cell_s=300, question_s=120, total_s=1500)
+    hidden = released / "autograder" / "tests" / "hidden"  # the bundle's copy
+    results = grading.grade(folder, folder / "results", hidden, limits, jobs=2)
+    return {Path(k).relative_to(folder).as_posix(): v for k, v in results.items()}, folder
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_master_gets_full_marks(graded, nb):
+    results, _ = graded
+    r = results[f"master/{nb.name}"]
+    if not r["tests"]:
+        pytest.skip(f"{nb.name} has no graded exercises")
+    failures = [t for t in r["tests"] if t["score"] != t["max_score"]]
+    assert not failures, (failures, r["output"])
+    assert r["score"] == sum(t["max_score"] for t in r["tests"]) > 0
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_fresh_student_version_gets_zero(graded, nb):
+    results, folder = graded
+    r = results[f"student/renamed_{nb.name}"]
+    assert r["score"] == 0
+    for t in r["tests"]:
+        assert "NotImplementedError" in t["output"] or "not implemented" in t["output"], t
+    written = json.loads((folder / "results" / f"student__renamed_{nb.stem}.json").read_text())
+    assert written["score"] == 0 and {"name", "score", "max_score", "output"} <= set(written["tests"][0])
+
+
+# --- hostile submissions, on a fast pure-Python assignment ---------------------------------------
+
+SYNTHETIC = '''
+import math
+import operator
+from p2p_lab.grading import call_student, student_function
+
+QUESTIONS = {"add": {"points": 1.0, "name": "add"}, "mul": {"points": 2.0, "name": "mul"},
+             "neg": {"points": 1.0, "name": "neg"}}
+
+
+def test_add(ns):
+    assert call_student(student_function(ns, "add"), (), 2, 3) == 5, "add(2, 3) should be 5"
+
+
+def test_mul(ns):
+    got = call_student(student_function(ns, "mul"), (), 2.5, 4)
+    assert math.isclose(got, 10.0), f"mul(2.5, 4) gave {got}"
+
+
+def test_neg(ns):
+    assert call_student(student_function(ns, "neg"), ("operator.neg",), 7) == -7
+'''
+
+ADD = "def add(a, b):\n    return a + b"
+MUL = "def mul(a, b):\n    return a * b"
+NEG = "def neg(a):\n    return -a"
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    hidden = root / "hidden"
+    hidden.mkdir()
+    (hidden / "hidden_synthetic.py").write_text(SYNTHETIC)
+    subs = root / "subs"
+    subs.mkdir()
+    # raising cells, sys.exit, os._exit (kills the process: the notebook is rerun without that
+    # cell), megabytes of output, a deleted name
+    _notebook(subs / "mixed.ipynb", [
+        "1 / 0", ADD, "print('x' * 5_000_000)\nimport sys\nsys.stderr.write('y' * 3_000_000)",
+        MUL, "del mul", "import sys\nsys.exit(1)", "import os\nos._exit(3)", NEG], "synthetic")
+    # infinite loops: in a cell, when called, and one that swallows the timeout (watchdog kill)
+    _notebook(subs / "loops.ipynb", [
+        "def add(a, b):\n    while True:\n        pass", "while True:\n    pass", MUL,
+        "def neg(a):\n    while True:\n        try:\n            while True:\n                pass\n"
+        "        except BaseException:\n            pass"], "synthetic")
+    # cheating: shadowed name, a patched trusted module, the forbidden implementation, fake checks
+    _notebook(subs / "cheat.ipynb", [
+        ADD, "add = 3", "def mul(a, b):\n    return 0.0",
+        "import math\nmath.isclose = lambda *a, **k: True\ncheck_mul = lambda f: print('PASSED')",
+        "from operator import neg as _n\ndef neg(a):\n    return _n(a)"], "synthetic")
+    _notebook(subs / "good.ipynb", [ADD, MUL, NEG], "synthetic")
+    results = grading.grade(subs, root / "results", hidden, FAST, jobs=2)
+    return {Path(k).stem: v for k, v in results.items()}, root
+
+
+def _scores(result):
+    return {t["name"].split(":")[0]: t["score"] for t in result["tests"]}
+
+
+def test_good_synthetic(hostile):
+    results, _ = hostile
+    assert _scores(results["good"]) == {"add": 1.0, "mul": 2.0, "neg": 1.0}
+    assert results["good"]["score"] == 4.0
+
+
+def test_raising_exiting_flooding_and_deleted(hostile):
+    results, root = hostile
+    r = results["mixed"]
+    assert _scores(r) == {"add": 1.0, "mul": 0.0, "neg": 1.0}, r
+    mul = next(t for t in r["tests"] if t["name"].startswith("mul"))
+    assert "does not define `mul`" in mul["output"]
+    assert "ZeroDivisionError" in r["output"] and "run again without it" in r["output"]
+    assert (root / "results" / "mixed.json").stat().st_size < 100_000  # output capped
+
+
+def test_infinite_loops_cost_only_their_question(hostile):
+    results, _ = hostile
+    r = results["loops"]
+    assert _scores(r) == {"add": 0.0, "mul": 2.0, "neg": 0.0}, r
+    outputs = {t["name"].split(":")[0]: t["output"] for t in r["tests"]}
+    assert "longer than" in outputs["add"]
+    assert "stopped the grading process" in outputs["neg"]
+    assert "took longer than" in r["output"]  # the looping cell
+
+
+def test_cheating_loses_only_its_question(hostile):
+    results, _ = hostile
+    r = results["cheat"]
+    assert _scores(r) == {"add": 0.0, "mul": 0.0, "neg": 0.0}, r
+    outputs = {t["name"].split(":")[0]: t["output"] for t in r["tests"]}
+    assert "is a int, not a function" in outputs["add"]
+    assert "mul(2.5, 4) gave 0.0" in outputs["mul"]  # math.isclose was restored
+    assert "operator.neg" in outputs["neg"] and "not accepted" in outputs["neg"]
+
+
+def test_real_assignment_cheats(tmp_path):
+    """Against the real 01_attention tests: monkeypatching p2p_lab and torch, and calling the
+    package's implementation, each lose their question; the grader reports why."""
+    wrong_attention = """
+        import math, torch
+        def attention(Q, K, V):
+            w = torch.softmax(Q @ K.transpose(-2, -1), dim=-1)  # no sqrt(d_k)
+            return w @ V, w
+        import p2p_lab.attention as A
+        A.scaled_dot_product_attention = lambda q, k, v, mask=None: attention(q, k, v)
+        torch.allclose = lambda *a, **k: True
+        import p2p_lab.checks._core as core
+        core._close = lambda *a, **k: (True, 0.0)
+        def check_attention(fn):
+            print("attention: PASSED")
+    """
+    uses_package = """
+        from p2p_lab.attention import multi_head_attention as mha
+        def multi_head_attention(X, W_q, W_k, W_v, W_o, heads):
+            return mha(X, W_q, W_k, W_v, W_o, heads)
+    """
+    path = _notebook(tmp_path / "sub.ipynb", [wrong_attention, uses_package], "01_attention")
+    r = grading.grade(path, tmp_path / "r.json", limits=Limits(cell_s=120, question_s=120, total_s=600))
+    out = {t["name"].split(":")[0]: t for t in r["tests"]}
+    assert out["attention"]["score"] == 0 and "sqrt(d_k)" in out["attention"]["output"]
+    assert out["multi_head_attention"]["score"] == 0
+    assert "p2p_lab.attention.multi_head_attention" in out["multi_head_attention"]["output"]
+    assert json.loads((tmp_path / "r.json").read_text())["score"] == 0
+
+
+def test_grade_cli_on_a_directory(hostile, tmp_path, capsys):
+    from p2p_lab.__main__ import main
+
+    _, root = hostile
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    (subs / "a").mkdir()
+    for name in ("one", "two"):
+        _notebook(subs / "a" / f"{name}.ipynb", [ADD, MUL, NEG] if name == "one" else [ADD], "synthetic")
+    code = main(["grade", str(subs), "--json", str(tmp_path / "out"), "--hidden", str(root / "hidden"),
+                 "--cell-timeout", "4", "--question-timeout", "4", "--jobs", "2"])
+    assert code == 0
+    one = json.loads((tmp_path / "out" / "a__one.json").read_text())
+    two = json.loads((tmp_path / "out" / "a__two.json").read_text())
+    assert (one["score"], two["score"]) == (4.0, 1.0)
+    assert "4 / 4" in capsys.readouterr().out
+    assert main(["grade", str(tmp_path / "missing.ipynb")]) == 2
+
+
+def test_child_entry_point_is_importable_without_side_effects():
+    assert "p2p_lab.grading" in sys.modules and callable(grading._child_main)
