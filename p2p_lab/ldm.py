@@ -1,0 +1,569 @@
+"""Latent diffusion sampling written out: prompt -> text embeddings, z_T -> z_0, z_0 -> image.
+
+Taught in notebook ``04_ldm_sampling``. Notation follows the course:
+
+* ``z_t`` are latents (the autoencoder's space), ``z_T ~ N(0, I)`` the start, ``z_0`` the end;
+  the decoder turns ``z_0`` into an image ``x``.
+* ``eps`` is the UNet's noise prediction, ``eps_cond`` with the prompt, ``eps_uncond`` with the
+  empty prompt ``""``; classifier-free guidance combines them with the scale ``w``.
+* ``t`` here is a diffusers timestep (``0..999``, counting down while sampling), exactly the value
+  the scheduler hands out in ``scheduler.timesteps``. (Notebook 03 counts ``1..T``; ``t = k + 1``.)
+
+Every function takes the pipeline (or its parts) and reads device and dtype from it, so the same
+code runs on the shipped model on a CPU (float32) and on Stable Diffusion v1 on a GPU (float16).
+The hand-written :func:`sample` reproduces ``pipe(...)`` for the same seed, steps and guidance.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import math
+
+import numpy as np
+import torch
+
+__all__ = [
+    "pipe_device", "pipe_dtype", "stable_diffusion_available", "with_scheduler",
+    "tokenize", "encode_text", "PromptEmbeddings", "encode_prompt",
+    "guidance", "predict_x0", "StepOutput", "guided_eps", "denoise_step", "sampling_step",
+    "latent_shape", "initial_latents", "SampleOutput", "sample",
+    "decode", "encode", "image_to_tensor", "to_numpy",
+    "AttentionLayer", "attention_layers", "LatentCost", "latent_cost", "seconds_per_image",
+    "diffusion_loss", "TrainLog", "train_copy", "BaselineStats", "fixed_seed_baseline",
+]
+
+Tensor = torch.Tensor
+
+
+# ---------------------------------------------------------------- device and dtype
+
+def pipe_device(pipe) -> torch.device:
+    """Where the pipeline computes (diffusers' own notion, which also handles CPU offloading)."""
+    return getattr(pipe, "_execution_device", None) or pipe.device
+
+
+def pipe_dtype(pipe) -> torch.dtype:
+    """The UNet's dtype: float32 on a CPU, usually float16 on a GPU."""
+    return pipe.unet.dtype
+
+
+def stable_diffusion_available(timeout: float = 3.0) -> bool:
+    """True where Stable Diffusion v1 can run: a CUDA GPU and a reachable Hugging Face Hub (Colab)."""
+    import socket
+
+    if not torch.cuda.is_available():
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def with_scheduler(pipe, scheduler_cls):
+    """The same pipeline (same modules, no copies) with a fresh scheduler of another class.
+
+    ``scheduler_cls`` is a diffusers scheduler class, e.g. ``DDPMScheduler``; it gets the same
+    noise schedule (betas) from the pipeline's scheduler config.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    parts = dict(pipe.components, scheduler=scheduler_cls.from_config(pipe.scheduler.config))
+    new = StableDiffusionPipeline(**parts, requires_safety_checker=False)
+    new.set_progress_bar_config(disable=True)
+    return new
+
+
+# ---------------------------------------------------------------- the prompt model
+
+def _as_list(prompt, what: str = "prompt") -> list[str]:
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
+        return list(prompt)
+    raise TypeError(f"{what} must be a string or a non-empty list of strings, got {prompt!r}")
+
+
+def tokenize(tokenizer, prompt) -> Tensor:
+    """Token ids padded to the tokenizer's fixed length ``model_max_length``. Shape (batch, L).
+
+    CLIP's convention: a start token, the prompt's tokens, an end token, then padding (CLIP pads
+    with the end token) up to L (16 for the shipped model, 77 for Stable Diffusion). A prompt
+    longer than L raises ValueError instead of being cut silently.
+    """
+    prompts = _as_list(prompt)
+    L = tokenizer.model_max_length
+    for p in prompts:
+        n = len(tokenizer(p).input_ids)  # start + words + end
+        if n > L:
+            raise ValueError(f"prompt {p!r} has {n} tokens (start and end included) but this model "
+                             f"reads at most {L}; shorten the prompt")
+    ids = tokenizer(prompts, padding="max_length", max_length=L, truncation=True,
+                    return_tensors="pt").input_ids
+    return ids  # (batch, L)
+
+
+@torch.no_grad()
+def encode_text(pipe, prompt) -> Tensor:
+    """The text encoder's last hidden states for the padded prompt(s). Shape (batch, L, D).
+
+    The UNet's cross-attention reads these L vectors as keys and values (notebook 02).
+    """
+    ids = tokenize(pipe.tokenizer, prompt).to(pipe_device(pipe))  # (batch, L)
+    hidden = pipe.text_encoder(ids)[0]  # (batch, L, D): last_hidden_state
+    return hidden.to(dtype=pipe.text_encoder.dtype)
+
+
+@dataclasses.dataclass
+class PromptEmbeddings:
+    """Text embeddings for classifier-free guidance: the prompt's and the empty prompt's."""
+
+    cond: Tensor  # (batch, L, D) from the prompt
+    uncond: Tensor  # (batch, L, D) from "" (or a negative prompt)
+
+    def both(self) -> Tensor:
+        """``cat([uncond, cond])``, shape (2 batch, L, D): the order diffusers uses."""
+        return torch.cat([self.uncond, self.cond])
+
+
+def encode_prompt(pipe, prompt, negative_prompt: str = "") -> PromptEmbeddings:
+    """Embeddings of the prompt(s) and of the unconditional prompt ``""`` (one per prompt)."""
+    prompts = _as_list(prompt)
+    if not isinstance(negative_prompt, str):
+        raise TypeError(f"negative_prompt must be a string (used for every prompt), got {negative_prompt!r}")
+    cond = encode_text(pipe, prompts)  # (batch, L, D)
+    uncond = encode_text(pipe, [negative_prompt] * len(prompts))  # (batch, L, D)
+    return PromptEmbeddings(cond, uncond)
+
+
+# ---------------------------------------------------------------- one sampling step
+
+def guidance(eps_uncond: Tensor, eps_cond: Tensor, guidance_scale: float) -> Tensor:
+    """Classifier-free guidance: ``eps = eps_uncond + w (eps_cond - eps_uncond)``.
+
+    ``w = 1`` gives the conditional prediction, ``w = 0`` the unconditional one, ``w > 1``
+    extrapolates away from the unconditional prediction (Stable Diffusion's default is 7.5).
+    """
+    if eps_uncond.shape != eps_cond.shape:
+        raise ValueError(f"eps_uncond {tuple(eps_uncond.shape)} and eps_cond {tuple(eps_cond.shape)} "
+                         f"must have the same shape")
+    return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+
+def predict_x0(scheduler, z_t: Tensor, eps: Tensor, t) -> Tensor:
+    """The model's guess of the clean latent: ``z_0 = (z_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``.
+
+    Property 1 of notebook 03 solved for z_0 (``p2p_lab.ddpm.x0_from_eps`` with our t = k + 1), with
+    ``abar`` read from the scheduler at diffusers timestep ``t``. Valid for the DDPM/DDIM family,
+    whose samples are ``z_t`` itself (``init_noise_sigma == 1``).
+    """
+    abar_t = scheduler.alphas_cumprod[int(t)].to(device=z_t.device, dtype=torch.float32)
+    z0 = (z_t.float() - (1 - abar_t).sqrt() * eps.float()) / abar_t.sqrt()
+    return z0.to(z_t.dtype)
+
+
+def _step_kwargs(scheduler, generator, eta: float) -> dict:
+    params = inspect.signature(scheduler.step).parameters
+    kw = {}
+    if "eta" in params:
+        kw["eta"] = eta
+    if "generator" in params:
+        kw["generator"] = generator
+    return kw
+
+
+@dataclasses.dataclass
+class StepOutput:
+    prev: Tensor  # (batch, C, h, w): z_{t-1} (the next latents)
+    x0: Tensor  # (batch, C, h, w): the predicted clean latent at this step
+    eps: Tensor  # (batch, C, h, w): the guided noise prediction
+
+
+@torch.no_grad()
+def guided_eps(unet, scheduler, z_t: Tensor, t, embeddings: Tensor, guidance_scale: float) -> Tensor:
+    """The UNet's noise prediction at (z_t, t), guided when ``embeddings`` holds both branches.
+
+    ``embeddings``: (2 batch, L, D) = ``cat([uncond, cond])``, or (batch, L, D) for the
+    conditional prediction alone (what ``w = 1`` gives).
+    """
+    b = z_t.shape[0]
+    if embeddings.shape[0] not in (b, 2 * b):
+        raise ValueError(f"embeddings have {embeddings.shape[0]} rows for {b} latents: pass "
+                         f"cat([uncond, cond]) ({2 * b} rows) or the conditional embeddings alone ({b})")
+    two = embeddings.shape[0] == 2 * b
+    z_in = torch.cat([z_t, z_t]) if two else z_t  # (2b or b, C, h, w)
+    z_in = scheduler.scale_model_input(z_in, t)  # identity for DDIM, sigma-scaling for Euler
+    eps = unet(z_in, t, encoder_hidden_states=embeddings).sample  # (2b or b, C, h, w)
+    if not two:
+        return eps
+    eps_uncond, eps_cond = eps.chunk(2)  # uncond first, as in cat([uncond, cond])
+    return guidance(eps_uncond, eps_cond, guidance_scale)
+
+
+def denoise_step(unet, scheduler, z_t: Tensor, t, embeddings: Tensor, guidance_scale: float,
+                 generator: torch.Generator | None = None, eta: float = 0.0) -> StepOutput:
+    """One reverse step z_t -> z_{t-1} with everything a visualisation needs (see :func:`sampling_step`)."""
+    eps = guided_eps(unet, scheduler, z_t, t, embeddings, guidance_scale)  # (b, C, h, w)
+    out = scheduler.step(eps, t, z_t, **_step_kwargs(scheduler, generator, eta))
+    x0 = getattr(out, "pred_original_sample", None)
+    if x0 is None:
+        x0 = predict_x0(scheduler, z_t, eps, t)
+    return StepOutput(out.prev_sample, x0, eps)
+
+
+def sampling_step(unet, scheduler, z_t: Tensor, t, embeddings: Tensor, guidance_scale: float) -> Tensor:
+    """One guided reverse step: ``z_{t-1} = scheduler.step(eps_uncond + w (eps_cond - eps_uncond), t, z_t)``.
+
+    The latents are duplicated, scaled by ``scheduler.scale_model_input``, denoised by the UNet in one
+    batch with ``embeddings = cat([uncond, cond])``, the two halves combined by :func:`guidance`,
+    and ONE scheduler step taken. Returns z_{t-1}, shape (batch, C, h, w).
+    """
+    return denoise_step(unet, scheduler, z_t, t, embeddings, guidance_scale).prev
+
+
+# ---------------------------------------------------------------- the whole loop
+
+def _generator(seed) -> torch.Generator | None:
+    if seed is None or isinstance(seed, torch.Generator):
+        return seed
+    if isinstance(seed, (int, np.integer)):
+        return torch.Generator("cpu").manual_seed(int(seed))
+    raise TypeError(f"seed must be an int, a torch.Generator or None, got {seed!r}")
+
+
+def latent_shape(pipe, batch_size: int = 1, height: int | None = None, width: int | None = None):
+    """(batch, C, H / f, W / f) where f is the autoencoder's downsampling factor."""
+    f = pipe.vae_scale_factor
+    height = height or pipe.unet.config.sample_size * f
+    width = width or pipe.unet.config.sample_size * f
+    if height % f or width % f:
+        raise ValueError(f"height and width must be multiples of the downsampling factor {f}, got "
+                         f"{height}x{width}")
+    return (batch_size, pipe.unet.config.in_channels, height // f, width // f)
+
+
+def initial_latents(pipe, seed=0, batch_size: int = 1, height: int | None = None,
+                    width: int | None = None) -> Tensor:
+    """z_T, drawn exactly as ``StableDiffusionPipeline`` draws it for ``generator``. Shape (batch, C, h, w).
+
+    ``seed``: an int (a CPU ``torch.Generator`` seeded with it, so a seed gives the same noise on
+    every device) or a ``torch.Generator``. The noise is drawn on the generator's device in the
+    pipeline's dtype, moved to the pipeline's device and multiplied by the scheduler's
+    ``init_noise_sigma`` (1 for DDIM, about 14.6 for Euler, whose samples are scaled differently).
+    """
+    g = _generator(seed)
+    shape = latent_shape(pipe, batch_size, height, width)
+    device = pipe_device(pipe)
+    draw_on = g.device if g is not None else device
+    z = torch.randn(shape, generator=g, device=draw_on, dtype=pipe_dtype(pipe)).to(device)
+    return z * pipe.scheduler.init_noise_sigma  # (batch, C, h, w)
+
+
+@dataclasses.dataclass
+class SampleOutput:
+    """What :func:`sample` returns. Intermediates are on the CPU in float32, one entry per step."""
+
+    images: Tensor  # (batch, 3, H, W) in [0, 1]
+    latents: Tensor  # (batch, C, h, w): z_0
+    timesteps: list[int]
+    trajectory: list[Tensor] | None = None  # z_T, then z after each step (steps + 1 entries)
+    x0: list[Tensor] | None = None  # predicted z_0 at each step (steps entries)
+
+    def numpy(self) -> np.ndarray:
+        """The images as a float array (batch, H, W, 3) in [0, 1], ready for ``plt.imshow``."""
+        return to_numpy(self.images)
+
+
+def _progress(iterable, enabled: bool, total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc="sampling", disable=not enabled, leave=False)
+
+
+@torch.no_grad()
+def sample(pipe, prompt, seed=0, num_inference_steps: int = 50, guidance_scale: float = 7.5,
+           negative_prompt: str = "", latents: Tensor | None = None, height: int | None = None,
+           width: int | None = None, eta: float = 0.0, return_intermediates: bool = False,
+           progress: bool = True) -> SampleOutput:
+    """Text -> image by hand: encode the prompt, draw z_T, run the scheduler's steps, decode z_0.
+
+    Gives the same images as ``pipe(prompt, num_inference_steps=..., guidance_scale=...,
+    generator=torch.Generator("cpu").manual_seed(seed))`` (for ``guidance_scale >= 1``; for
+    ``w < 1`` the library skips guidance, while this loop still applies the formula, so ``w = 0``
+    is the unconditional model). ``latents`` replaces the drawn z_T (it must already include
+    ``init_noise_sigma``). ``return_intermediates`` keeps z_t and the predicted z_0 of every step.
+    """
+    prompts = _as_list(prompt)
+    emb = encode_prompt(pipe, prompts, negative_prompt)
+    embeddings = emb.cond if guidance_scale == 1 else emb.both()  # (b or 2b, L, D)
+    device, scheduler = pipe_device(pipe), pipe.scheduler
+    g = _generator(seed)
+    z = initial_latents(pipe, g, len(prompts), height, width) if latents is None else latents.to(device)
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    timesteps = scheduler.timesteps  # counting down, e.g. 981, 961, ..., 1 for 50 DDIM steps
+    traj = [z.float().cpu()] if return_intermediates else None
+    x0s = [] if return_intermediates else None
+    for t in _progress(timesteps, progress, len(timesteps)):
+        out = denoise_step(pipe.unet, scheduler, z, t, embeddings, guidance_scale, g, eta)
+        z = out.prev  # (b, C, h, w)
+        if return_intermediates:
+            traj.append(z.float().cpu())
+            x0s.append(out.x0.float().cpu())
+    return SampleOutput(decode(pipe, z), z, [int(t) for t in timesteps], traj, x0s)
+
+
+# ---------------------------------------------------------------- the autoencoder
+
+def _vae(pipe_or_vae):
+    return getattr(pipe_or_vae, "vae", pipe_or_vae)
+
+
+@torch.no_grad()
+def decode(pipe, latents: Tensor) -> Tensor:
+    """Latents -> images in [0, 1], shape (batch, 3, H, W).
+
+    The diffusion model works on latents multiplied by ``vae.config.scaling_factor`` (chosen so that
+    they have about unit variance, like the noise); the decoder wants them divided back first.
+    """
+    vae = _vae(pipe)
+    z = latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor
+    x = vae.decode(z).sample  # (batch, 3, H, W) in about [-1, 1]
+    return (x / 2 + 0.5).clamp(0, 1)
+
+
+@torch.no_grad()
+def encode(pipe, images: Tensor, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
+    """Images in [0, 1] (batch, 3, H, W) -> latents z_0, scaled by ``scaling_factor``. Shape (batch, C, h, w).
+
+    The encoder outputs a Gaussian per latent pixel (the "VAE" part); by default its mean is used,
+    ``sample=True`` draws from it instead.
+    """
+    vae = _vae(pipe)
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"encode expects images of shape (batch, 3, H, W) in [0, 1], got "
+                         f"{tuple(images.shape)}; use image_to_tensor for an (H, W, 3) array")
+    x = images.to(device=vae.device, dtype=vae.dtype) * 2 - 1  # (batch, 3, H, W) in [-1, 1]
+    dist = vae.encode(x).latent_dist
+    z = dist.sample(generator) if sample else dist.mean  # (batch, C, h, w)
+    return z * vae.config.scaling_factor
+
+
+def image_to_tensor(image, size: int | None = None) -> Tensor:
+    """An (H, W, 3) image (uint8, or float in [0, 1]; numpy or PIL) -> (1, 3, size, size) in [0, 1]."""
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {arr.shape}")
+    arr = arr[..., :3]
+    x = torch.from_numpy(arr.astype(np.float32) / (255.0 if arr.dtype == np.uint8 else 1.0))
+    x = x.permute(2, 0, 1)[None]  # (1, 3, H, W)
+    if size is not None and tuple(x.shape[-2:]) != (size, size):
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="area")
+    return x.clamp(0, 1)
+
+
+def to_numpy(images: Tensor) -> np.ndarray:
+    """(batch, 3, H, W) in [0, 1] -> float32 numpy (batch, H, W, 3)."""
+    return images.detach().float().cpu().permute(0, 2, 3, 1).numpy()
+
+
+# ---------------------------------------------------------------- the UNet's attention layers
+
+@dataclasses.dataclass
+class AttentionLayer:
+    name: str  # e.g. "down_blocks.0.attentions.0.transformer_blocks.0.attn2"
+    kind: str  # "self" (keys from the image) or "cross" (keys from the prompt)
+    resolution: int  # the latent grid the layer sees: resolution x resolution queries
+    heads: int
+    n_query: int  # resolution ** 2 latent pixels
+    n_key: int  # latent pixels (self) or prompt tokens (cross)
+
+
+@torch.no_grad()
+def attention_layers(pipe, height: int | None = None, width: int | None = None) -> list[AttentionLayer]:
+    """Every attention layer of the UNet with what it attends over, found by one forward pass."""
+    from diffusers.models.attention_processor import Attention
+
+    unet, found, hooks = pipe.unet, {}, []
+    for name, module in unet.named_modules():
+        if isinstance(module, Attention):
+            def hook(mod, args, kwargs, _name=name):
+                x = args[0] if args else kwargs["hidden_states"]  # (b, n_query, C)
+                ctx = kwargs.get("encoder_hidden_states")
+                found[_name] = (mod, x.shape[1], x.shape[1] if ctx is None else ctx.shape[1])
+            hooks.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+    try:
+        z = initial_latents(pipe, 0, 1, height, width)  # (1, C, h, w)
+        emb = encode_text(pipe, "")  # (1, L, D)
+        unet(z, pipe.scheduler.config.num_train_timesteps - 1, encoder_hidden_states=emb)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [AttentionLayer(name, "cross" if mod.is_cross_attention else "self", math.isqrt(nq),
+                           mod.heads, nq, nk) for name, (mod, nq, nk) in found.items()]
+
+
+# ---------------------------------------------------------------- why latent space
+
+@dataclasses.dataclass
+class LatentCost:
+    image_shape: tuple[int, int, int]  # (3, H, W)
+    latent_shape: tuple[int, int, int]  # (C, H / f, W / f)
+    factor: int  # f, the downsampling factor per side
+    values_ratio: float  # numbers per image / numbers per latent
+    pixels_ratio: float  # spatial positions: f ** 2
+    attention_ratio: float  # self-attention cost ~ positions ** 2: f ** 4
+
+
+def latent_cost(image_size: int, factor: int, latent_channels: int = 4) -> LatentCost:
+    """How much smaller the diffusion model's input is in latent space, and what that saves.
+
+    A convolution's cost grows with the number of spatial positions (f^2 fewer in latent space);
+    self-attention over all positions grows with its square (f^4 fewer).
+    """
+    if image_size % factor:
+        raise ValueError(f"image_size {image_size} is not a multiple of the factor {factor}")
+    s = image_size // factor
+    img, lat = (3, image_size, image_size), (latent_channels, s, s)
+    return LatentCost(img, lat, factor, (3 * image_size ** 2) / (latent_channels * s * s),
+                      float(factor ** 2), float(factor ** 4))
+
+
+def seconds_per_image(pipe, num_inference_steps: int, prompt: str = "a red circle", seed: int = 0,
+                      guidance_scale: float = 7.5) -> float:
+    """Wall-clock seconds of one :func:`sample` call (prompt encoding, all steps, decoding)."""
+    import time
+
+    if str(pipe_device(pipe)).startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = sample(pipe, prompt, seed, num_inference_steps, guidance_scale, progress=False)
+    out.images.cpu()  # waits for the GPU
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- Algorithm 1 on latents
+
+def diffusion_loss(pipe, images: Tensor, captions: list[str], generator: torch.Generator | None = None,
+                   unet=None, text_encoder=None) -> Tensor:
+    """Algorithm 1 on latents: ``|| eps - eps_theta(sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps, t, c) ||^2``.
+
+    z_0 comes from the frozen encoder; t ~ U{0..T-1}, eps ~ N(0, I). The text encoder runs with
+    gradients, so the loss trains it together with the UNet ("learned jointly"). ``unet`` and
+    ``text_encoder`` default to the pipeline's own.
+    """
+    unet = unet or pipe.unet
+    text_encoder = text_encoder or pipe.text_encoder
+    device = pipe_device(pipe)
+    dtype = next(unet.parameters()).dtype
+    z0 = encode(pipe, images).to(dtype)  # (b, C, h, w), no gradient: the autoencoder is frozen
+    T = pipe.scheduler.config.num_train_timesteps
+    t = torch.randint(0, T, (z0.shape[0],), generator=generator).to(device)  # (b,)
+    eps = torch.randn(z0.shape, generator=generator).to(device, z0.dtype)  # (b, C, h, w)
+    abar = pipe.scheduler.alphas_cumprod.to(device)[t].view(-1, 1, 1, 1).to(z0.dtype)  # (b, 1, 1, 1)
+    z_t = abar.sqrt() * z0 + (1 - abar).sqrt() * eps  # Property 1 with sqrt(1 - abar_t)
+    ids = tokenize(pipe.tokenizer, captions).to(device)  # (b, L)
+    cond = text_encoder(ids)[0]  # (b, L, D), with gradients
+    eps_pred = unet(z_t, t, encoder_hidden_states=cond).sample  # (b, C, h, w)
+    return torch.nn.functional.mse_loss(eps_pred.float(), eps.float())
+
+
+@dataclasses.dataclass
+class TrainLog:
+    losses: list[float]
+    unet_change: float  # relative change of the UNet's weights
+    text_change: float  # relative change of the text encoder's weights
+    unet: torch.nn.Module  # the trained copies (the pipeline's own modules are untouched)
+    text_encoder: torch.nn.Module
+
+
+def _rel_change(before: list[Tensor], module: torch.nn.Module) -> float:
+    num = sum(((p.detach() - b) ** 2).sum() for b, p in zip(before, module.parameters()))
+    den = sum((b ** 2).sum() for b in before)
+    return float((num / den).sqrt())
+
+
+def train_copy(pipe, images: Tensor, captions: list[str], steps: int = 5, lr: float = 1e-4,
+               seed: int = 0, optimizer=torch.optim.Adam) -> TrainLog:
+    """A few Adam steps of :func:`diffusion_loss` on COPIES of the UNet and text encoder.
+
+    One optimizer updates both: the gradient of the denoising loss reaches the text encoder through
+    the cross-attention keys and values. The pipeline's own modules stay as they were. The copies
+    are float32; ``optimizer=torch.optim.SGD`` keeps no per-weight state (for a GPU with little memory).
+    """
+    unet = copy.deepcopy(pipe.unet).float().train()
+    text = copy.deepcopy(pipe.text_encoder).float().train()
+    before_u = [p.detach().clone() for p in unet.parameters()]
+    before_t = [p.detach().clone() for p in text.parameters()]
+    opt = optimizer(list(unet.parameters()) + list(text.parameters()), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        loss = diffusion_loss(pipe, images, captions, g, unet=unet, text_encoder=text)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return TrainLog(losses, _rel_change(before_u, unet), _rel_change(before_t, text),
+                    unet.eval(), text.eval())
+
+
+# ---------------------------------------------------------------- the fixed-seed baseline
+
+@dataclasses.dataclass
+class BaselineStats:
+    """Same seed, one word changed: what else changed, per seed."""
+
+    seeds: list[int]
+    shift: list[float]  # object centroid shift in pixels (nan where an object was not found)
+    background_changed: list[bool]
+    found: list[bool]  # an object was read in both images
+    threshold: float  # pixels of shift that count as "moved"
+    source_images: np.ndarray | None = dataclasses.field(default=None, repr=False)  # (n, H, W, 3)
+    target_images: np.ndarray | None = dataclasses.field(default=None, repr=False)  # (n, H, W, 3)
+
+    @property
+    def moved_fraction(self) -> float:
+        """Fraction of seeds (with an object read in both images) whose object moved > threshold."""
+        moved = [s > self.threshold for s, f in zip(self.shift, self.found) if f]
+        return float(np.mean(moved)) if moved else float("nan")
+
+    @property
+    def background_fraction(self) -> float:
+        return float(np.mean(self.background_changed))
+
+
+def _images_for_seeds(pipe, prompt: str, seeds: list[int], steps: int, w: float, batch: int) -> np.ndarray:
+    out = []
+    for i in range(0, len(seeds), batch):
+        chunk = seeds[i:i + batch]
+        z = torch.cat([initial_latents(pipe, s) for s in chunk])  # (n, C, h, w), one z_T per seed
+        out.append(sample(pipe, [prompt] * len(chunk), None, steps, w, latents=z,
+                          progress=False).numpy())
+    return np.concatenate(out)  # (n, H, W, 3)
+
+
+def fixed_seed_baseline(pipe, source: str, target: str, seeds, num_inference_steps: int = 20,
+                        guidance_scale: float = 7.5, threshold: float = 2.0,
+                        batch_size: int = 10) -> BaselineStats:
+    """Sample ``source`` and ``target`` from the same z_T per seed and read both images back.
+
+    Each seed's z_T is the one ``pipe(generator=torch.Generator("cpu").manual_seed(seed))`` uses.
+    Uses the shapes-world scorer (:func:`p2p_lab.shapes.read_image`), so the numbers mean
+    something for the shipped model only: the centroid shift of the largest object, and whether
+    the background colour changed.
+    """
+    from .shapes import read_image
+
+    seeds = [int(s) for s in seeds]
+    src, tgt = (_images_for_seeds(pipe, p, seeds, num_inference_steps, guidance_scale, batch_size)
+                for p in (source, target))
+    shift, bg, found = [], [], []
+    for a, b in zip(src, tgt):
+        ra, rb = read_image(a), read_image(b)
+        ok = bool(ra.objects and rb.objects)
+        found.append(ok)
+        shift.append(float(np.hypot(*np.subtract(ra.objects[0].centroid, rb.objects[0].centroid)))
+                     if ok else float("nan"))
+        bg.append(ra.background != rb.background)
+    return BaselineStats(seeds, shift, bg, found, threshold, src, tgt)

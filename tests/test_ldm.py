@@ -1,0 +1,200 @@
+"""p2p_lab.ldm against diffusers itself: the hand-written loop reproduces pipe(...)."""
+import copy
+
+import pytest
+import torch
+
+from p2p_lab import ldm
+
+PROMPT = "a red circle on a blue background"
+
+
+def _pipe_images(pipe, prompt, seed, steps, w):
+    return pipe(prompt, num_inference_steps=steps, guidance_scale=w,
+                generator=torch.Generator("cpu").manual_seed(seed), output_type="pt").images
+
+
+@pytest.mark.parametrize("w", [7.5, 1.0])
+def test_hand_loop_equals_pipeline_shipped(shipped_pipe, w):
+    want = _pipe_images(shipped_pipe, PROMPT, 3, 6, w)
+    got = ldm.sample(shipped_pipe, PROMPT, seed=3, num_inference_steps=6, guidance_scale=w,
+                     progress=False).images
+    assert got.shape == want.shape == (1, 3, 32, 32)
+    assert (got - want).abs().max().item() <= 1e-4
+
+
+def test_hand_loop_equals_pipeline_sd_like_batch(sd_like_pipe):
+    prompts = [PROMPT, "a big turquoise square"]
+    want = _pipe_images(sd_like_pipe, prompts, 5, 3, 7.5)
+    got = ldm.sample(sd_like_pipe, prompts, seed=5, num_inference_steps=3, guidance_scale=7.5,
+                     progress=False).images
+    assert got.shape == want.shape == (2, 3, 128, 128)
+    assert (got - want).abs().max().item() <= 1e-4
+
+
+def test_hand_loop_equals_pipeline_with_euler(shipped_pipe):
+    """Euler needs init_noise_sigma and scale_model_input: the loop handles any scheduler."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    parts = dict(shipped_pipe.components,
+                 scheduler=EulerDiscreteScheduler.from_config(shipped_pipe.scheduler.config))
+    pipe = StableDiffusionPipeline(**parts)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.scheduler.init_noise_sigma > 2  # so forgetting it would show
+    want = _pipe_images(pipe, PROMPT, 1, 5, 4.0)
+    got = ldm.sample(pipe, PROMPT, seed=1, num_inference_steps=5, guidance_scale=4.0, progress=False)
+    assert (got.images - want).abs().max().item() <= 1e-4
+
+
+def test_intermediates(shipped_pipe):
+    out = ldm.sample(shipped_pipe, PROMPT, seed=0, num_inference_steps=4, guidance_scale=5.0,
+                     return_intermediates=True, progress=False)
+    assert len(out.trajectory) == 5 and len(out.x0) == 4 and len(out.timesteps) == 4
+    assert out.timesteps == sorted(out.timesteps, reverse=True)  # noisy to clean
+    assert torch.equal(out.trajectory[0], ldm.initial_latents(shipped_pipe, 0))
+    assert torch.equal(out.trajectory[-1], out.latents)
+    # DDIM's last step by the formula (eta = 0): z_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev) eps,
+    # with eps recovered from z_t and x0, and abar_prev = alphas_cumprod[0] (set_alpha_to_one=False)
+    abar = shipped_pipe.scheduler.alphas_cumprod
+    a_t, a_prev = abar[out.timesteps[-1]], abar[0]
+    z_t, x0 = out.trajectory[-2], out.x0[-1]
+    eps = (z_t - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+    assert torch.allclose(out.latents, a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps, atol=1e-4)
+
+
+def test_initial_latents_match_diffusers(shipped_pipe):
+    from diffusers.utils.torch_utils import randn_tensor
+
+    want = randn_tensor((2, 4, 8, 8), generator=torch.Generator("cpu").manual_seed(7),
+                        device=torch.device("cpu"), dtype=torch.float32)
+    assert torch.equal(ldm.initial_latents(shipped_pipe, 7, batch_size=2), want)
+
+
+def test_guidance_closed_form():
+    u, c = torch.tensor([1.0, -2.0]), torch.tensor([3.0, 0.0])
+    assert torch.equal(ldm.guidance(u, c, 0.0), u)
+    assert torch.equal(ldm.guidance(u, c, 1.0), c)
+    assert torch.equal(ldm.guidance(u, c, 7.5), torch.tensor([16.0, 13.0]))  # 1 + 7.5*2, -2 + 7.5*2
+    with pytest.raises(ValueError, match="same shape"):
+        ldm.guidance(u, c[:1], 2.0)
+
+
+def test_sampling_step_equals_diffusers_by_hand(shipped_pipe):
+    pipe = shipped_pipe
+    pipe.scheduler.set_timesteps(10)
+    t = pipe.scheduler.timesteps[4]
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    emb = ldm.encode_prompt(pipe, PROMPT)
+    with torch.no_grad():
+        eps_u = pipe.unet(z, t, encoder_hidden_states=emb.uncond).sample
+        eps_c = pipe.unet(z, t, encoder_hidden_states=emb.cond).sample
+    want = pipe.scheduler.step(eps_u + 3.0 * (eps_c - eps_u), t, z).prev_sample
+    got = ldm.sampling_step(pipe.unet, pipe.scheduler, z, t, emb.both(), 3.0)
+    assert torch.allclose(got, want, atol=1e-5)
+    with pytest.raises(ValueError, match="rows"):
+        ldm.sampling_step(pipe.unet, pipe.scheduler, z, t, torch.cat([emb.both(), emb.cond]), 3.0)
+
+
+def test_predict_x0_matches_ddim(shipped_pipe):
+    from diffusers import DDIMScheduler
+
+    sch = DDIMScheduler.from_config(shipped_pipe.scheduler.config)
+    sch.set_timesteps(20)
+    g = torch.Generator().manual_seed(1)
+    z, eps = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    t = sch.timesteps[5]
+    want = sch.step(eps, t, z).pred_original_sample
+    assert torch.allclose(ldm.predict_x0(sch, z, eps, t), want, atol=1e-5)
+
+
+def test_tokenize_and_encode_prompt(shipped_pipe):
+    tok = shipped_pipe.tokenizer
+    ids = ldm.tokenize(tok, "a turquoise circle")  # (1, L)
+    L = tok.model_max_length
+    assert ids.shape == (1, L)
+    assert ids[0, 0] == tok.bos_token_id
+    n_words = len(tok("a turquoise circle", add_special_tokens=False).input_ids)
+    assert n_words == 4  # "turquoise" is two tokens
+    assert (ids[0, n_words + 1:] == tok.eos_token_id).all()  # end token, then padding with it
+    emb = ldm.encode_prompt(shipped_pipe, ["a red circle", "a blue square"])
+    D = shipped_pipe.text_encoder.config.hidden_size
+    assert emb.cond.shape == emb.uncond.shape == (2, L, D)
+    assert torch.equal(emb.uncond[0], emb.uncond[1])  # both are ""
+    assert torch.equal(emb.both()[:2], emb.uncond)
+    # the library's own prompt encoding gives the same tensors
+    cond, uncond = shipped_pipe.encode_prompt(["a red circle", "a blue square"], "cpu", 1, True)
+    assert torch.allclose(emb.cond, cond) and torch.allclose(emb.uncond, uncond)
+    with pytest.raises(ValueError, match="tokens"):
+        ldm.tokenize(tok, " ".join(["a red circle"] * 10))
+
+
+@pytest.mark.parametrize("fixture, size, latent", [("shipped_pipe", 32, 8), ("sd_like_pipe", 128, 16)])
+def test_encode_decode_shapes(request, fixture, size, latent):
+    pipe = request.getfixturevalue(fixture)
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    z = ldm.encode(pipe, x)
+    assert z.shape == (2, 4, latent, latent)
+    y = ldm.decode(pipe, z)
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    # decode divides by the scaling factor, as diffusers does
+    with torch.no_grad():
+        raw = pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample
+    assert torch.allclose(y, (raw / 2 + 0.5).clamp(0, 1))
+    with pytest.raises(ValueError, match="image_to_tensor"):
+        ldm.encode(pipe, x[0])
+
+
+def test_image_to_tensor():
+    import numpy as np
+
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[:32] = 255
+    x = ldm.image_to_tensor(img, size=32)
+    assert x.shape == (1, 3, 32, 32)
+    assert x[0, :, :16].min() == 1.0 and x[0, :, 16:].max() == 0.0
+    assert ldm.to_numpy(x).shape == (1, 32, 32, 3)
+
+
+def test_attention_layers_sd_topology(sd_like_pipe, shipped_pipe):
+    layers = ldm.attention_layers(sd_like_pipe)
+    cross = [a for a in layers if a.kind == "cross"]
+    selfs = [a for a in layers if a.kind == "self"]
+    assert len(cross) == len(selfs) == 16  # SD v1: 6 down, 1 mid, 9 up transformer blocks
+    assert all(a.n_key == 77 for a in cross)
+    assert all(a.n_key == a.n_query for a in selfs)
+    assert {a.resolution for a in cross} == {16, 8, 4, 2}  # 64/32/16/8 at 512 px
+    shipped = ldm.attention_layers(shipped_pipe)
+    assert len(shipped) == len(shipped_pipe.unet.attn_processors)
+    assert all(a.n_key == shipped_pipe.tokenizer.model_max_length for a in shipped if a.kind == "cross")
+
+
+def test_latent_cost_closed_form():
+    ours, sd = ldm.latent_cost(32, 4), ldm.latent_cost(512, 8)
+    assert ours.latent_shape == (4, 8, 8) and sd.latent_shape == (4, 64, 64)
+    assert ours.values_ratio == 3 * 32 * 32 / 256 == 12
+    assert sd.values_ratio == 48 and sd.pixels_ratio == 64 and sd.attention_ratio == 4096
+    with pytest.raises(ValueError):
+        ldm.latent_cost(30, 4)
+
+
+def test_train_copy_leaves_pipeline_intact(shipped_pipe):
+    from p2p_lab import shapes
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    scenes = [shapes.sample_scene(rng) for _ in range(4)]
+    images = torch.cat([ldm.image_to_tensor(shapes.render(s)[0]) for s in scenes])
+    before = copy.deepcopy(shipped_pipe.unet.state_dict())
+    log = ldm.train_copy(shipped_pipe, images, [shapes.caption(s) for s in scenes], steps=2)
+    assert len(log.losses) == 2 and all(np.isfinite(log.losses))
+    assert log.text_change > 0 and log.unet_change > 0  # the text encoder is trained too
+    after = shipped_pipe.unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_fixed_seed_baseline_same_prompt_changes_nothing(shipped_pipe):
+    stats = ldm.fixed_seed_baseline(shipped_pipe, PROMPT, PROMPT, seeds=[0, 1],
+                                    num_inference_steps=3)
+    assert stats.seeds == [0, 1] and len(stats.shift) == 2
+    assert not any(stats.background_changed)
+    assert all(s == 0 for s, f in zip(stats.shift, stats.found) if f)
