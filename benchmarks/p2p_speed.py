@@ -1,0 +1,116 @@
+"""What Prompt-to-Prompt costs: an edit against plain sampling, a cached re-run against a full edit.
+
+* overhead_ratio: ``edit(pipe, source, target)`` (source + 1 target, explicit probabilities where
+  edited or recorded, the source cache filled) over plain sampling of the same two prompts with
+  our own loop and the same steps; target <= 1.10.
+* cached_rerun_ratio: the same edit with another tau, reusing the source from the cache, over the
+  full edit; target <= 0.6.
+The three are timed interleaved, ``--repeats`` times each, and compared by their medians. Also
+printed: attention-store and source-cache bytes for the shipped model and, from Stable Diffusion
+v1's layer list (an SD-v1-topology UNet at 64x64 latents: 512 px), for SD v1 at 512 px.
+
+    python benchmarks/p2p_speed.py [--steps 25] [--repeats 7] [--quick]
+
+The last line printed is one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from p2p_lab.p2p import AttentionStore, SourceCache, attention_layers, edit, sample
+
+SOURCE = "a red circle on a blue background"
+TARGET = "a green circle on a blue background"
+SD_STEPS, SD_TOKENS, SD_HEADS = 50, 77, 8
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def speed(pipe, steps: int, repeats: int, guidance) -> dict:
+    kw = dict(num_inference_steps=steps, guidance_scale=guidance)
+    plain = lambda: sample(pipe, [SOURCE, TARGET], **kw)  # noqa: E731
+    full = lambda: edit(pipe, SOURCE, TARGET, **kw)  # noqa: E731
+    cache = edit(pipe, SOURCE, TARGET, **kw).cache  # also warms up
+    rerun = lambda: edit(pipe, SOURCE, TARGET, cross_tau=0.5, cache=cache, **kw)  # noqa: E731
+    plain()
+    times = {"plain": [], "edit": [], "cached": []}
+    for _ in range(repeats):
+        for name, fn in (("plain", plain), ("edit", full), ("cached", rerun)):
+            times[name].append(_timed(fn))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"overhead_ratio": round(med["edit"] / med["plain"], 4),
+            "cached_rerun_ratio": round(med["cached"] / med["edit"], 4),
+            "seconds": {k: round(v, 4) for k, v in med.items()}, "cache_bytes": cache.nbytes}
+
+
+def store_bytes(layers, n_tokens: int, num_steps: int, res_choice: int) -> dict:
+    """Attention-store bytes for one prompt under three store settings."""
+    est = AttentionStore.estimate_nbytes
+    return {"all_cross_per_step": est(layers, n_tokens, 1, num_steps),
+            f"cross_res{res_choice}_per_step": est(layers, n_tokens, 1, num_steps, resolutions=(res_choice,)),
+            "all_cross_summed_over_steps": est(layers, n_tokens, 1, num_steps, per_step=False),
+            "num_steps": num_steps, "n_tokens": n_tokens}
+
+
+def sd_v1_bytes() -> dict:
+    """SD v1 at 512 px: the layer list of an SD-v1-topology UNet run at 64x64 latents."""
+    from p2p_lab.testing import sd_like_pipeline
+
+    layers = attention_layers(sd_like_pipeline(latent_size=16, width=32), (64, 64))
+    assert all(l.heads == SD_HEADS for l in layers)
+    out = store_bytes(layers, SD_TOKENS, SD_STEPS, 16)
+    out["source_cache_record_all"] = SourceCache.estimate_nbytes(layers, SD_TOKENS, SD_STEPS, 16)
+    return out
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--model", default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-sd", action="store_true", help="skip the SD v1 byte count")
+    p.add_argument("--quick", action="store_true", help="smoke run: 3 steps, 1 repeat")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.steps, args.repeats = min(args.steps, 3), 1
+    return args
+
+
+def main(argv=None, pipe=None) -> dict:
+    from p2p_lab.model import load_pipeline
+
+    args = parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = pipe or load_pipeline(args.model)
+    with torch.no_grad():
+        result = speed(pipe, args.steps, args.repeats, args.guidance)
+    layers = attention_layers(pipe)
+    n_tok = pipe.tokenizer.model_max_length
+    result["store_bytes"] = {"shipped": store_bytes(layers, n_tok, args.steps, max(l.res for l in layers))}
+    if not args.no_sd:
+        result["store_bytes"]["sd_v1_512px"] = sd_v1_bytes()
+    result["settings"] = {"steps": args.steps, "repeats": args.repeats, "guidance": args.guidance,
+                          "device": str(next(pipe.unet.parameters()).device), "threads": torch.get_num_threads()}
+    print(f"edit / plain sampling: {result['overhead_ratio']:.3f}   cached re-run / edit: "
+          f"{result['cached_rerun_ratio']:.3f}   medians (s): {result['seconds']}")
+    for name, b in result["store_bytes"].items():
+        print(f"attention store, one prompt, {name}: " + ", ".join(f"{k} {v / 2**20:.2f} MiB" for k, v in b.items()
+                                                                  if isinstance(v, int) and "bytes" not in k and v > 1000))
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""Prompt-to-Prompt (Hertz et al. 2022) for any diffusers Stable-Diffusion-style pipeline.
+
+Taught in notebook 05. Modules, one concept each: ``layers`` (which attention layers exist),
+``processor`` (the attention processor and the context that installs it), ``align`` (words,
+tokens, mappers), ``schedule`` (tau and alpha), ``store`` (attention maps), ``controls`` (the
+edits), ``blend`` (local blend), ``cache`` (source caching), ``sampling`` (the loop, baselines),
+``edit`` (Prompt-to-Prompt itself), ``cli`` (``python -m p2p_lab edit``).
+"""
+from .align import (global_alignment, refine_mapper, refine_matrix, replace_mapper,  # noqa: F401
+                    token_indices, words_of)
+from .blend import LocalBlend  # noqa: F401
+from .cache import SourceCache  # noqa: F401
+from .controls import EditPlan, build_plan  # noqa: F401
+from .edit import EditResult, edit  # noqa: F401
+from .layers import LayerInfo  # noqa: F401
+from .processor import P2PAttnProcessor, attention_control, attention_layers  # noqa: F401
+from .sampling import encode_prompts, fixed_seed, mask_blend, sample  # noqa: F401
+from .schedule import alpha_schedule, step_window, tau_to_timestep, timestep_to_tau  # noqa: F401
+from .store import AttentionStore  # noqa: F401
+
+
+def register_cli(subparsers):
+    """The ``edit`` command of ``python -m p2p_lab`` (see :mod:`p2p_lab.p2p.cli`)."""
+    from .cli import register
+
+    return register(subparsers)

@@ -1,0 +1,90 @@
+"""Source caching: run the source branch once, reuse its attention and latents for many edits.
+
+Taught in notebook 05 (scrubbing tau re-runs only the targets). A SourceCache belongs to one
+source prompt, seed, step count, guidance scale, scheduler, latent size and UNet. It holds the
+source's per-head probabilities (float32) for (layer, step) pairs and its latent after every step.
+When everything an edit could ask for fits in ``budget_bytes`` it records every cross-attention
+layer and every self-attention layer the edit may replace at every step, so later calls with
+another tau, alpha, reweighting, blend or target reuse it; otherwise only what the first edit
+needed, and a later call that needs more re-runs the source and refills the cache.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from .layers import LayerInfo
+
+
+@dataclasses.dataclass(frozen=True)
+class RunKey:
+    """What fixes the source branch."""
+
+    source: str
+    seed: int
+    num_steps: int  # as asked
+    loop_steps: int  # UNet calls of the sampling loop (PNDM's warm-up adds some)
+    guidance_scale: float
+    scheduler: str  # class name and config
+    latent_hw: tuple[int, int]
+    dtype: str
+    device: str
+    unet_id: int
+
+
+@dataclasses.dataclass
+class SourceCache:
+    key: RunKey
+    layers: list[LayerInfo]
+    self_max_res: int
+    record_all: bool = True
+    probs: dict = dataclasses.field(default_factory=dict, repr=False)  # (layer, step) -> (heads, q, k)
+    latents: list = dataclasses.field(default_factory=list, repr=False)  # (1, C, h, w) after each step
+    image: np.ndarray | None = dataclasses.field(default=None, repr=False)  # (H, W, 3)
+    hits: int = 0  # how many edits reused it
+
+    def keeps(self, layer: LayerInfo) -> bool:
+        """Does the record-everything policy keep this layer?"""
+        return self.record_all and (layer.is_cross or layer.res <= self.self_max_res)
+
+    def put(self, layer: LayerInfo, step: int, probs: torch.Tensor) -> None:
+        self.probs[(layer.name, step)] = probs.detach()
+
+    def get(self, layer: LayerInfo, step: int) -> torch.Tensor:
+        return self.probs[(layer.name, step)]
+
+    def covers(self, needs_source) -> bool:
+        """True if every (layer, step) with ``needs_source(layer, step)`` is recorded."""
+        if len(self.latents) != self.key.loop_steps or self.image is None:
+            return False
+        return all((l.name, s) in self.probs for s in range(self.key.loop_steps)
+                   for l in self.layers if needs_source(l, s))
+
+    def check_key(self, key: RunKey) -> None:
+        diff = [f.name for f in dataclasses.fields(RunKey) if getattr(key, f.name) != getattr(self.key, f.name)]
+        if diff:
+            raise ValueError(f"this SourceCache was made for another source run (differs in {diff}); "
+                             f"pass cache=None or use the same source, seed, steps, guidance and scheduler")
+
+    def clear(self) -> None:
+        self.probs.clear(), self.latents.clear()
+        self.image = None
+
+    @property
+    def nbytes(self) -> int:
+        ts = list(self.probs.values()) + list(self.latents)
+        return sum(t.numel() * t.element_size() for t in ts)
+
+    @staticmethod
+    def estimate_nbytes(layers: list[LayerInfo], n_tokens: int, num_steps: int, self_max_res: int) -> int:
+        """Bytes of the record-everything policy (float32 per-head probabilities)."""
+        per_step = 0
+        for l in layers:
+            n_q = l.resolution[0] * l.resolution[1]
+            if l.is_cross:
+                per_step += l.heads * n_q * n_tokens
+            elif l.res <= self_max_res:
+                per_step += l.heads * n_q * n_q
+        return per_step * num_steps * 4

@@ -1,0 +1,222 @@
+"""The edits of Prompt-to-Prompt as one plan, and the controls the attention processor consults.
+
+Taught in notebook 05. For target k at loop step i, a cross-attention layer uses
+
+    A_hat = (A M_k + A*_k (.) keep_k) (.) w_k              (replace / refine, then reweight)
+    A_edit = alpha_{k,i} (.) A_hat + (1 - alpha_{k,i}) (.) A*_k
+
+with A the source's probabilities, A*_k the target's own, M_k the mapper (word swap or alignment),
+keep_k = 1 for target tokens the alignment leaves new (refine), w_k the reweighting scales, and
+alpha the per-token schedule from tau. In the self-attention window the target takes the
+source's self-attention probabilities.
+"""
+from __future__ import annotations
+
+import dataclasses
+import numbers
+
+import torch
+import torch.nn.functional as F
+
+from .align import refine_mapper, refine_matrix, replace_mapper, token_indices, words_of
+from .layers import LayerInfo
+from .processor import attend_all, attention_probs
+from .schedule import DEFAULT_KEY, alpha_schedule, step_window
+
+MODES = ("replace", "refine")
+
+
+@dataclasses.dataclass
+class EditPlan:
+    """Everything an edit needs per target, as tensors (T targets, L tokens, n steps)."""
+
+    M: torch.Tensor  # (T, L, L) source token -> target token
+    keep: torch.Tensor  # (T, L) weight of the target's own map inside A_hat
+    weights: torch.Tensor  # (T, L) reweighting scales (1 = unchanged)
+    alpha: torch.Tensor  # (T, n, L) 1 where the source's map is used
+    self_steps: torch.Tensor  # (n,) bool: steps that use the source's self-attention
+    self_max_res: int  # self-attention is replaced only in layers up to this resolution
+    modes: list[str]
+
+    def __post_init__(self):
+        self._cross = self.alpha.any(-1).any(0).tolist()  # per step: any source map used
+        self._self = self.self_steps.tolist()
+        self._on = {}  # device -> (M, keep, weights, alpha) there
+
+    def cross_active(self, step: int) -> bool:
+        return self._cross[step]
+
+    def self_active(self, layer: LayerInfo, step: int) -> bool:
+        return self._self[step] and layer.res <= self.self_max_res
+
+    def _tensors(self, device):
+        if device not in self._on:
+            self._on[device] = tuple(t.to(device) for t in (self.M, self.keep, self.weights, self.alpha))
+        return self._on[device]
+
+    def edit_cross(self, src: torch.Tensor, tgt: torch.Tensor, step: int) -> torch.Tensor:
+        """src (heads, q, L), tgt (T, heads, q, L) -> edited target probabilities (T, heads, q, L)."""
+        M, keep, w, alpha = self._tensors(src.device)
+        alpha = alpha[:, step]  # (T, L)
+        hat = torch.einsum("hqi,tij->thqj", src, M) + tgt * keep[:, None, None, :]
+        hat = hat * w[:, None, None, :]
+        a = alpha[:, None, None, :]  # (T, 1, 1, L)
+        return a * hat + (1 - a) * tgt
+
+
+def resolve_mode(tokenizer, source: str, target: str, mode: str | None) -> str:
+    if mode is None:
+        same = len(words_of(tokenizer, source)) == len(words_of(tokenizer, target))
+        return "replace" if same else "refine"
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} is unknown; use 'replace' (word swap), 'refine' "
+                         f"(phrase insertion) or None (replace when word counts match)")
+    return mode
+
+
+def reweight_scales(tokenizer, targets: list[str], reweight: dict | None) -> torch.Tensor:
+    """(T, L) scales: ``reweight[word]`` on the word's tokens in each target that has the word."""
+    w = torch.ones(len(targets), tokenizer.model_max_length)
+    if reweight is None:
+        return w
+    if not isinstance(reweight, dict):
+        raise TypeError(f"reweight must be a dict {{word: scale}}, got {type(reweight).__name__}")
+    for word, scale in reweight.items():
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+            raise TypeError(f"reweight[{word!r}] must be a number (negative allowed), got {scale!r}")
+        found = False
+        for k, prompt in enumerate(targets):
+            try:
+                w[k, token_indices(tokenizer, prompt, word)] = float(scale)
+                found = True
+            except ValueError:
+                continue
+        if not found:
+            raise ValueError(f"reweight word {word!r} is in none of the target prompts {targets}")
+    return w
+
+
+def _has(tokenizer, prompt: str, word) -> bool:
+    try:
+        token_indices(tokenizer, prompt, word)
+        return True
+    except ValueError:
+        return False
+
+
+def _words_in(tokenizer, prompt: str, cross_tau):
+    """A per-word cross_tau restricted to the words of one target prompt."""
+    if not isinstance(cross_tau, dict):
+        return cross_tau
+    return {w: t for w, t in cross_tau.items() if w == DEFAULT_KEY or _has(tokenizer, prompt, w)}
+
+
+def _check_words(tokenizer, targets, words, what: str) -> None:
+    for w in words:
+        if w != DEFAULT_KEY and not any(_has(tokenizer, p, w) for p in targets):
+            raise ValueError(f"{what} word {w!r} is not in the prompt of any target {targets}; "
+                             f"name a word of a target prompt")
+
+
+def build_plan(tokenizer, source: str, targets: list[str], *, mode, cross_tau, self_tau,
+               reweight, mapper: str, num_steps: int, self_max_res: int) -> EditPlan:
+    """The per-target mappers, schedules and scales of an edit (errors name the fix)."""
+    if isinstance(cross_tau, dict):
+        _check_words(tokenizer, targets, cross_tau, "cross_tau")
+    Ms, keeps, alphas, modes = [], [], [], []
+    for target in targets:
+        m = resolve_mode(tokenizer, source, target, mode)
+        if m == "replace":
+            M, keep = replace_mapper(tokenizer, source, target, mapper), torch.zeros(tokenizer.model_max_length)
+        else:
+            index, a = refine_mapper(tokenizer, source, target)
+            M, keep = refine_matrix(index, a), 1 - a
+        Ms.append(M), keeps.append(keep), modes.append(m)
+        alphas.append(alpha_schedule(tokenizer, target, _words_in(tokenizer, target, cross_tau), num_steps))
+    return EditPlan(torch.stack(Ms), torch.stack(keeps), reweight_scales(tokenizer, targets, reweight),
+                    torch.stack(alphas), step_window(self_tau, num_steps, "self_tau"),
+                    int(self_max_res), modes)
+
+
+class StoreControl:
+    """Plain sampling that records maps into an AttentionStore (no edit)."""
+
+    def __init__(self, store, latent_hw, n_uncond):
+        self.store, self.latent_hw, self.n_uncond, self.step = store, latent_hw, n_uncond, 0
+
+    def wants(self, layer):
+        return self.store.wants(layer, self.step)
+
+    def attention(self, layer, q, k, v, mask):
+        return attend_all(self, layer, q, k, v, mask)
+
+    def attend(self, layer, probs):
+        self.store.add(layer, self.step, probs)
+        return probs
+
+
+class EditControl:
+    """Source row + target rows (or target rows with the source's maps from a SourceCache)."""
+
+    def __init__(self, plan: EditPlan, cache, from_cache: bool, store, blend, latent_hw, n_uncond):
+        self.plan, self.cache, self.from_cache = plan, cache, from_cache
+        self.store, self.blend = store, blend
+        self.latent_hw, self.n_uncond, self.step = latent_hw, n_uncond, 0
+
+    def needs_source(self, layer: LayerInfo, step: int) -> bool:
+        """Does anything at this layer and step need the source's probabilities?"""
+        if self.store is not None and self.store.wants(layer, step):
+            return True
+        if layer.is_cross:
+            return self.plan.cross_active(step) or (self.blend is not None and self.blend.wants(layer, step))
+        return self.plan.self_active(layer, step)
+
+    def _records(self, layer) -> bool:
+        return not self.from_cache and (self.cache.keeps(layer) or self.needs_source(layer, self.step))
+
+    def wants(self, layer):
+        return self._records(layer) or self.needs_source(layer, self.step)
+
+    def _targets_need_probs(self, layer) -> bool:
+        s = self.step
+        if self.store is not None and self.store.wants(layer, s):
+            return True
+        return layer.is_cross and (self.plan.cross_active(s) or (self.blend is not None and self.blend.wants(layer, s)))
+
+    def attention(self, layer, q, k, v, mask):
+        """Conditional rows (source?, targets) -> attention outputs (rows, heads, n_query, d)."""
+        if self._targets_need_probs(layer):
+            return attend_all(self, layer, q, k, v, mask)
+        # only the source's probabilities are needed (to record, or to replace self-attention)
+        if self.from_cache:
+            src, out_s, (qt, kt, vt) = self.cache.get(layer, self.step).to(q.device), None, (q, k, v)
+        else:
+            src = attention_probs(q[:1], k[:1], None if mask is None else mask[:1])[0]  # (heads, n_q, n_k)
+            if self._records(layer):
+                self.cache.put(layer, self.step, src)
+            out_s, (qt, kt, vt) = src.to(v.dtype) @ v[0], (q[1:], k[1:], v[1:])
+        if self.plan.self_active(layer, self.step) and not layer.is_cross:
+            out_t = src.to(v.dtype) @ vt  # (T, heads, n_q, d): the source's probabilities, the target's values
+        else:
+            out_t = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=None if mask is None else mask[-len(qt):])
+        return out_t if out_s is None else torch.cat([out_s[None], out_t])
+
+    def attend(self, layer, probs):
+        """probs (rows, heads, q, k) float32 -> the probabilities the rows attend with."""
+        s = self.step
+        if self.from_cache:
+            src, tgt = self.cache.get(layer, s).to(probs.device), probs
+        else:
+            src, tgt = probs[0], probs[1:]
+            if self._records(layer):
+                self.cache.put(layer, s, src)
+        if layer.is_cross and self.plan.cross_active(s):
+            tgt = self.plan.edit_cross(src, tgt, s)
+        elif not layer.is_cross and self.plan.self_active(layer, s):
+            tgt = src.expand_as(tgt)
+        full = torch.cat([src[None], tgt])  # (1 + T, heads, q, k)
+        if self.store is not None and self.store.wants(layer, s):
+            self.store.add(layer, s, full)
+        if self.blend is not None and self.blend.wants(layer, s):
+            self.blend.add(layer, full)
+        return tgt if self.from_cache else full

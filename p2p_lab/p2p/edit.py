@@ -1,0 +1,121 @@
+"""``edit``: Prompt-to-Prompt (Hertz et al. 2022, Algorithm 1) on any SD-style pipeline.
+
+Taught in notebook 05. The source and every target start from the same z_T and run as one batch;
+in the target rows, cross-attention is edited as in :mod:`~p2p_lab.p2p.controls` and, within the
+self-attention window, self-attention takes the source's probabilities. A SourceCache lets later
+edits of the same source skip the source branch.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from .blend import BlendState, LocalBlend
+from .cache import RunKey, SourceCache
+from .controls import EditControl, build_plan
+from .options import strict_options
+from .layers import require_cross_attention
+from .processor import attention_layers
+from .sampling import _prompt_list, decode, make_scheduler, resolve_run, run_loop
+
+CACHE_BUDGET_BYTES = 512 * 2 ** 20  # record everything for later edits when it fits in this
+
+
+@dataclasses.dataclass
+class EditResult:
+    images: np.ndarray  # (1 + T, H, W, 3) float32 in [0, 1]; row 0 = source
+    prompts: list[str]
+    cache: SourceCache
+    store: object = None
+    from_cache: bool = False  # True if the source branch came from the cache
+
+    @property
+    def source_image(self) -> np.ndarray:
+        return self.images[0]
+
+    @property
+    def target_images(self) -> np.ndarray:
+        return self.images[1:]
+
+
+def run_key(pipe, source: str, run, loop_steps: int) -> RunKey:
+    sch = pipe.scheduler
+    p = next(pipe.unet.parameters())
+    return RunKey(source, run.seed, run.num_steps, loop_steps, run.guidance_scale,
+                  f"{type(sch).__name__}{sorted(dict(sch.config).items())}", tuple(run.latent_hw),
+                  str(p.dtype), str(p.device), id(pipe.unet))
+
+
+def _source_cache(pipe, key, layers, cache, self_max_res, n_steps) -> SourceCache:
+    if cache is not None:
+        if not isinstance(cache, SourceCache):
+            raise TypeError(f"cache must be a SourceCache (an EditResult's .cache), got {type(cache).__name__}")
+        cache.check_key(key)
+        return cache
+    est = SourceCache.estimate_nbytes(layers, pipe.tokenizer.model_max_length, n_steps, self_max_res)
+    return SourceCache(key, layers, self_max_res, record_all=est <= CACHE_BUDGET_BYTES)
+
+
+def _latent_hook(cache, blend, from_cache):
+    """After each step: note the source's latent (or fetch it), then apply the local blend."""
+    def on_step(i, z):
+        if from_cache:
+            src, tgt = cache.latents[i].to(z.device), z
+        else:
+            src, tgt = z[:1], z[1:]
+            cache.latents.append(src.detach().clone())
+        if blend is not None:
+            tgt = blend.apply(i, src, tgt)
+        return tgt if from_cache else torch.cat([src, tgt])
+    return on_step
+
+
+@strict_options
+def edit(pipe, source: str, targets, *, mode: str | None = None, cross_tau=0.8, self_tau=0.4,
+         reweight: dict | None = None, local_blend=None, mapper: str = "copy", seed: int = 0,
+         num_inference_steps: int | None = None, guidance_scale: float | None = None,
+         cache: SourceCache | None = None, store=None, self_max_res: int = 16) -> EditResult:
+    """Edit the image of ``source`` into each of ``targets`` (Prompt-to-Prompt).
+
+    mode: "replace" (word swap, also one word -> several), "refine" (phrase insertion by
+    alignment) or None (replace when the word counts match, else refine). cross_tau: the fraction
+    of steps that use the source's cross-attention: float, (start, end) or {word: ...,
+    "default_": ...}. self_tau: the same for self-attention (float or (start, end)), in layers up
+    to ``self_max_res``. reweight: {word: scale}. local_blend: words or a LocalBlend.
+    mapper: "copy" | "average" (one token -> several). cache: an earlier result's ``.cache``.
+    store: an AttentionStore to fill (rows: source, then targets).
+    """
+    targets = _prompt_list(targets)
+    require_cross_attention(pipe.unet)
+    tok = pipe.tokenizer
+    run = resolve_run(pipe, seed, num_inference_steps, guidance_scale)
+    layers = attention_layers(pipe, run.latent_hw)
+    n = len(make_scheduler(pipe, run.num_steps).timesteps)  # the loop's steps schedule tau
+    plan = build_plan(tok, source, targets, mode=mode, cross_tau=cross_tau, self_tau=self_tau,
+                      reweight=reweight, mapper=mapper, num_steps=n, self_max_res=self_max_res)
+    blend = _blend_state(local_blend, tok, [source, *targets], layers, run.latent_hw, n)
+    cache = _source_cache(pipe, run_key(pipe, source, run, n), layers, cache, self_max_res, n)
+    control = EditControl(plan, cache, True, store, blend, run.latent_hw, 0)
+    from_cache = cache.covers(control.needs_source)
+    if not from_cache:
+        cache.clear()
+        control.from_cache = False
+    rows = targets if from_cache else [source, *targets]
+    z0 = run_loop(pipe, rows, run, control, _latent_hook(cache, blend, from_cache))
+    images = decode(pipe, z0)
+    if from_cache:
+        cache.hits += 1
+        images = np.concatenate([cache.image[None], images])
+    else:
+        cache.image = images[0].copy()
+    return EditResult(images, [source, *targets], cache, store, from_cache)
+
+
+def _blend_state(local_blend, tok, prompts, layers, latent_hw, n):
+    if local_blend is None:
+        return None
+    if not isinstance(local_blend, LocalBlend):
+        local_blend = LocalBlend(local_blend)
+    return BlendState(local_blend, tok, prompts, layers, latent_hw, n)

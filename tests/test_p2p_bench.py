@@ -1,0 +1,74 @@
+"""The P2P benchmarks: their scoring on ground-truth renders, and a smoke run of each (issue 6)."""
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from p2p_lab import shapes
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _render(shape, color, bg, center=(16.0, 16.0)):
+    scene = shapes.Scene((shapes.ShapeSpec(shape, color, "big", center, 7.0),), bg)
+    return shapes.render(scene)[0].astype(np.float32) / 255, shapes.caption(scene)
+
+
+def test_eval_scores_ground_truth_edits():
+    ev = _load("p2p_eval")
+    src, _ = _render("circle", "red", "blue")
+    src_obj = shapes.read_image(src).objects[0]
+    tgt, cap = _render("circle", "green", "blue")  # a perfect colour swap
+    s = ev.score("color", src, src_obj, tgt, cap)
+    assert s["edit_success"] == 1.0 and s["centroid_shift_px"] < 0.5 and s["bg_psnr_db"] == ev.PSNR_CAP
+    moved, cap = _render("circle", "green", "blue", center=(16.0, 22.0))  # right colour, moved 6 px
+    s = ev.score("color", src, src_obj, moved, cap)
+    assert s["edit_success"] == 1.0 and 5.0 < s["centroid_shift_px"] < 7.0
+    bg, cap = _render("circle", "red", "yellow")  # a background swap keeps the object
+    s = ev.score("background", src, src_obj, bg, cap)
+    assert s["edit_success"] == 1.0 and s["bg_psnr_db"] > 30
+    assert ev.true_mask("background", src_obj, 2).sum() == (~src_obj.mask).sum()
+    assert ev.true_mask("shape", src_obj, 2).sum() > src_obj.mask.sum()
+    source, target = ev.make_pair("shape", np.random.default_rng(0))
+    a, b = shapes.parse_caption(source), shapes.parse_caption(target)
+    assert a["background"] == b["background"] and a["objects"][0]["shape"] != b["objects"][0]["shape"]
+
+
+def test_benchmarks_quick(shipped_pipe, capsys):
+    import json
+
+    ev = _load("p2p_eval").main(["--quick", "--seeds", "1", "--steps", "2", "--all-sources"], pipe=shipped_pipe)
+    assert set(ev) >= {"fixed_seed", "mask_blend", "p2p", "by_edit", "tau_sweep", "note"}
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == ev
+    sp = _load("p2p_speed").main(["--quick", "--steps", "2", "--no-sd"], pipe=shipped_pipe)
+    assert sp["overhead_ratio"] > 0 and sp["cached_rerun_ratio"] > 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == sp
+
+
+def test_sd_v1_store_bytes_by_hand(sd_like_pipe):
+    """SD v1 at 256 px (the benchmark uses 64x64 latents, 512 px): cross maps at 32^2 (5 layers),
+    16^2 (5), 8^2 (5), 4^2 (1), 77 tokens, float32, one prompt."""
+    from p2p_lab.p2p import attention_layers
+
+    sp = _load("p2p_speed")
+    b = sp.store_bytes(attention_layers(sd_like_pipe, (32, 32)), 77, 50, 8)
+    queries = 5 * 32 ** 2 + 5 * 16 ** 2 + 5 * 8 ** 2 + 4 ** 2
+    assert b["all_cross_per_step"] == queries * 77 * 4 * 50
+    assert b["cross_res8_per_step"] == 5 * 8 ** 2 * 77 * 4 * 50

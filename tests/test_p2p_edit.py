@@ -1,0 +1,239 @@
+"""Prompt-to-Prompt end to end: the sampling driver, edits, cache, blends, schedulers, errors (issue 6)."""
+import types
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
+                       PNDMScheduler)
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+from p2p_lab.p2p import (AttentionStore, LocalBlend, SourceCache, build_plan, edit, fixed_seed,
+                         mask_blend, sample, token_indices)
+from p2p_lab.p2p.controls import EditControl, EditPlan
+from p2p_lab.p2p.layers import LayerInfo
+from p2p_lab.p2p.processor import P2PAttnProcessor
+
+S = "a red circle on a blue background"
+T1 = "a green circle on a blue background"
+T2 = "a red square on a blue background"
+FAST = dict(num_inference_steps=4, guidance_scale=5.0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Two busy cores: one torch thread is many times faster than two fighting threads."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def close(a, b, atol=1e-5):
+    return np.abs(np.asarray(a) - np.asarray(b)).max() <= atol
+
+
+@pytest.mark.parametrize("name,g", [("shipped_pipe", 5.0), ("sd_like_pipe", 3.0), ("shipped_pipe", 1.0)])
+def test_our_loop_equals_the_diffusers_pipeline(name, g, request):
+    pipe = request.getfixturevalue(name)
+    s = pipe.unet.config.sample_size
+    z = torch.randn(2, 4, s, s, generator=torch.Generator().manual_seed(1))
+    ref = pipe([S, T1], latents=z, num_inference_steps=3, guidance_scale=g, output_type="np").images
+    ours = sample(pipe, [S, T1], latents=z, num_inference_steps=3, guidance_scale=g)
+    assert ours.shape == ref.shape and close(ours, ref, 1e-4)
+
+
+def test_tau_zero_is_the_fixed_seed_baseline(shipped_pipe):
+    res = edit(shipped_pipe, S, [T1, T2], cross_tau=0.0, self_tau=0.0, **FAST)
+    base = fixed_seed(shipped_pipe, S, [T1, T2], **FAST)
+    assert res.images.shape == (3, 32, 32, 3) and res.images.dtype == np.float32
+    assert close(res.images, base)
+    assert close(res.source_image, sample(shipped_pipe, [S], **FAST)[0])  # the source is never edited
+    assert all(isinstance(p, AttnProcessor2_0) for p in shipped_pipe.unet.attn_processors.values())
+
+
+def _manual_attention(attn, x, ctx):
+    """Per-head probabilities and values by hand: A (b, h, n, m), V (b, h, m, d)."""
+    h = attn.heads
+    q, k, v = attn.to_q(x), attn.to_k(ctx), attn.to_v(ctx)
+    split = lambda t: t.view(t.shape[0], t.shape[1], h, -1).transpose(1, 2)  # noqa: E731
+    q, k, v = split(q), split(k), split(v)
+    A = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
+    return A, v
+
+
+def _out(attn, A, v):
+    o = (A @ v).transpose(1, 2).flatten(2)  # (b, n, h*d)
+    return attn.to_out[0](o)
+
+
+def test_cross_attention_edit_math(shipped_pipe):
+    """Target row: alpha * ((A M) * w) + (1 - alpha) * A*, then times the target's values."""
+    tok = shipped_pipe.tokenizer
+    src, tgt = "a red circle", "a turquoise circle"
+    plan = build_plan(tok, src, [tgt], mode="replace", cross_tau={"turquoise": 0.0, "default_": 1.0},
+                      self_tau=0.0, reweight={"circle": -0.5}, mapper="average", num_steps=2,
+                      self_max_res=16)
+    torch.manual_seed(0)
+    attn = Attention(query_dim=32, cross_attention_dim=24, heads=2, dim_head=8)
+    x, ctx = torch.randn(2, 16, 32), torch.randn(2, 16, 24)
+    cache = SourceCache(None, [], 16, record_all=False)
+    ctrl = EditControl(plan, cache, False, None, None, (4, 4), 0)
+    attn.set_processor(P2PAttnProcessor(LayerInfo("x", "down", 2, True), ctrl))
+    with torch.no_grad():
+        out = attn(x, ctx)
+        A, v = _manual_attention(attn, x, ctx)
+        M = torch.zeros(16, 16)  # by hand: red (2) -> turquoise (2, 3) halves; circle 3 -> 4; rest in order
+        M[0, 0] = M[1, 1] = M[3, 4] = 1
+        M[2, 2] = M[2, 3] = 0.5
+        for j in range(5, 16):
+            M[j - 1, j] = 1
+        w = torch.ones(16)
+        w[4] = -0.5
+        alpha = torch.ones(16)
+        alpha[[2, 3]] = 0
+        edited = alpha * ((A[0] @ M) * w) + (1 - alpha) * A[1]
+        assert torch.allclose(out[1], _out(attn, edited[None], v[1:])[0], atol=1e-5)
+        assert torch.allclose(out[0], _out(attn, A[:1], v[:1])[0], atol=1e-5)  # source untouched
+        assert ("x", 0) in cache.probs
+
+
+def test_self_attention_edit_uses_the_source_probabilities(shipped_pipe):
+    plan = build_plan(shipped_pipe.tokenizer, S, [T1], mode=None, cross_tau=0.0, self_tau=1.0,
+                      reweight=None, mapper="copy", num_steps=1, self_max_res=16)
+    torch.manual_seed(0)
+    attn = Attention(query_dim=32, heads=2, dim_head=8)
+    x = torch.randn(2, 16, 32)
+    ctrl = EditControl(plan, SourceCache(None, [], 16, False), False, None, None, (4, 4), 0)
+    attn.set_processor(P2PAttnProcessor(LayerInfo("s", "up", 2, False), ctrl))
+    with torch.no_grad():
+        out = attn(x)
+        A, v = _manual_attention(attn, x, x)
+        assert torch.allclose(out[1], _out(attn, A[:1], v[1:])[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [DDIMScheduler, PNDMScheduler, EulerDiscreteScheduler,
+                                 DPMSolverMultistepScheduler])
+def test_tau_follows_the_loop_step_for_every_scheduler(cls, shipped_pipe, monkeypatch):
+    seen = []
+    original = EditPlan.edit_cross
+
+    def spy(self, src, tgt, step):
+        seen.append(step)
+        return original(self, src, tgt, step)
+
+    monkeypatch.setattr(EditPlan, "edit_cross", spy)
+    old = shipped_pipe.scheduler
+    shipped_pipe.scheduler = cls.from_config(old.config)
+    try:
+        sch = cls.from_config(old.config)
+        sch.set_timesteps(4)
+        n = len(sch.timesteps)
+        store = AttentionStore(resolutions=(4,))
+        res = edit(shipped_pipe, S, T1, cross_tau=0.5, self_tau=0.0, store=store, **FAST)
+    finally:
+        shipped_pipe.scheduler = old
+    n_cross = sum(l.is_cross for l in store.layers)
+    assert sorted(set(seen)) == list(range(n // 2))  # the first half of the loop, whatever the scheduler
+    assert len(seen) == (n // 2) * 7  # 7 cross-attention layers in the shipped UNet, once per step
+    assert sorted({k[1] for k in store.sums}) == list(range(n)) and set(store.counts.values()) == {1}
+    assert n_cross == 4 and np.isfinite(res.images).all()  # 4x4: down 1, mid, up 0 (two)
+
+
+def test_cached_rerun_equals_full_run(shipped_pipe):
+    first = edit(shipped_pipe, S, T1, **FAST)
+    assert not first.from_cache and first.cache.nbytes > 0
+    opts = dict(cross_tau={"square": (0.0, 0.5), "default_": 0.75}, self_tau=(0.25, 0.5),
+                reweight={"square": 1.5}, local_blend=LocalBlend(["circle", "square"], start=0.0), **FAST)
+    store_c, store_f = AttentionStore(), AttentionStore()
+    cached = edit(shipped_pipe, S, [T2, T1], cache=first.cache, store=store_c, **opts)
+    full = edit(shipped_pipe, S, [T2, T1], store=store_f, **opts)
+    assert cached.from_cache and not full.from_cache
+    assert close(cached.images, full.images)
+    assert torch.allclose(store_c.maps(1), store_f.maps(1), atol=1e-5)
+    with pytest.raises(ValueError, match="seed"):
+        edit(shipped_pipe, S, T1, cache=first.cache, seed=1, **FAST)
+
+
+def test_local_blend_extremes(shipped_pipe):
+    kw = dict(cross_tau=0.5, self_tau=0.25, **FAST)
+    plain = edit(shipped_pipe, S, T2, **kw).images
+    everywhere = edit(shipped_pipe, S, T2, local_blend=LocalBlend(["circle", "square"], threshold=0.0,
+                                                                  start=0.0, dilate=0), **kw).images
+    nowhere = edit(shipped_pipe, S, T2, local_blend=LocalBlend(["square"], threshold=1.0, start=0.0), **kw).images
+    assert close(everywhere, plain)  # the mask covers the whole latent
+    assert close(nowhere[1], nowhere[0])  # an empty mask keeps the source
+
+
+def test_mask_blend_extremes(shipped_pipe):
+    base = fixed_seed(shipped_pipe, S, T2, **FAST)
+    full = mask_blend(shipped_pipe, S, T2, np.ones((32, 32), bool), **FAST)
+    empty = mask_blend(shipped_pipe, S, T2, np.zeros((32, 32), bool), **FAST)
+    assert close(full, base) and close(empty[1], empty[0])
+
+
+def test_sd_topology_edits_with_77_tokens(sd_like_pipe):
+    store = AttentionStore(resolutions=(8,))
+    res = edit(sd_like_pipe, "a red circle", ["a big turquoise circle", "a red circle on a blue background"],
+               mode=None, local_blend=["circle"], reweight={"blue": 2.0, "big": -1.0}, store=store,
+               num_inference_steps=3, guidance_scale=4.0)  # refine (insertion) + reweight, chained
+    assert res.images.shape == (3, 128, 128, 3)
+    src_maps, maps = store.maps(0), store.maps(1)  # the source's maps are unedited probabilities
+    assert maps.shape == (8, 8, 77) and torch.allclose(src_maps.sum(-1), torch.ones(()), atol=1e-5)
+    idx = token_indices(sd_like_pipe.tokenizer, "a big turquoise circle", "turquoise")
+    wm = store.word_map(sd_like_pipe.tokenizer, "a big turquoise circle", "turquoise", prompt_index=1)
+    assert torch.allclose(wm, maps[..., idx].sum(-1))
+    assert store.nbytes == AttentionStore.estimate_nbytes(store.layers, 77, 3, 3, resolutions=(8,))
+
+
+def test_misuse_errors(shipped_pipe):
+    with pytest.raises(TypeError, match="cros_tau.*did you mean 'cross_tau'"):
+        edit(shipped_pipe, S, T1, cros_tau=0.5)
+    with pytest.raises(ValueError, match="outside"):
+        edit(shipped_pipe, S, T1, cross_tau=1.2)
+    with pytest.raises(ValueError, match="outside"):
+        edit(shipped_pipe, S, T1, self_tau=-0.1)
+    with pytest.raises(ValueError, match="not in the prompt"):
+        edit(shipped_pipe, S, T1, cross_tau={"purple": 0.3})
+    with pytest.raises(ValueError, match="not in the prompt"):
+        edit(shipped_pipe, S, T1, cross_tau={"default_": 0.8, "triangle": 0.3})
+    with pytest.raises(ValueError, match="none of the target prompts"):
+        edit(shipped_pipe, S, T1, reweight={"triangle": 2.0})
+    with pytest.raises(ValueError, match="none of the prompts"):
+        edit(shipped_pipe, S, T1, local_blend=["triangle"])
+    with pytest.raises(ValueError, match="use mode='refine'"):
+        edit(shipped_pipe, "a circle on a blue background", T1, mode="replace")  # an insertion
+    with pytest.raises(ValueError, match="this tokenizer holds 16"):
+        edit(shipped_pipe, S, S + " and a big red square on a green background")
+    with pytest.raises(ValueError, match="mode 'swap' is unknown"):
+        edit(shipped_pipe, S, T1, mode="swap")
+    with pytest.raises(TypeError, match="no option 'steps'"):
+        sample(shipped_pipe, [S], steps=3)
+    from diffusers import UNet2DModel  # self-attention only: nothing for a prompt to edit
+
+    unet = UNet2DModel(sample_size=8, block_out_channels=(16, 16), norm_num_groups=8,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+    fake = types.SimpleNamespace(unet=unet, tokenizer=shipped_pipe.tokenizer)
+    with pytest.raises(ValueError, match="no cross-attention"):
+        edit(fake, S, T1)
+
+
+def test_cli_writes_a_grid(shipped_pipe, tmp_path):
+    from PIL import Image
+
+    from p2p_lab.__main__ import main
+
+    out = tmp_path / "grid.png"
+    assert main(["edit", S, T1, T2, "--steps", "2", "--cross-tau", '{"green": 0.5, "default_": 0.8}',
+                 "--reweight", "green=2", "--out", str(out), "--device", "cpu"]) == 0
+    assert Image.open(out).size == (3 * 32 + 4, 32)
+
+
+def test_edit_without_guidance(shipped_pipe):
+    """guidance_scale <= 1: no unconditional branch at all, and the edit still runs."""
+    kw = dict(num_inference_steps=3, guidance_scale=1.0)
+    res = edit(shipped_pipe, S, T2, **kw)
+    assert close(res.source_image, sample(shipped_pipe, [S], **kw)[0])
+    again = edit(shipped_pipe, S, T2, cross_tau=0.3, cache=res.cache, **kw)
+    assert again.from_cache and close(again.images, edit(shipped_pipe, S, T2, cross_tau=0.3, **kw).images)
