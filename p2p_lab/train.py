@@ -45,7 +45,7 @@ class TrainConfig:
     vae_batch: int = 16  # small batches: more updates per CPU second on this simple world
     vae_lr: float = 1e-3  # 100-step warm-up, constant, linear decay to 0 over the last 1000 steps
     kl_weight: float = 1e-6  # on the summed KL per image
-    steps: int = 12_000  # UNet + text encoder steps
+    steps: int = 5000  # UNet + text encoder steps
     batch: int = 64
     lr: float = 8e-4  # AdamW, linear warm-up then cosine to zero
     warmup: int = 500
