@@ -5,3 +5,7 @@ Each prints one line, PASSED or FAILED with a hint naming the likely mistake, an
 from here.
 """
 from ._core import CheckResult, Mistake, run_check  # noqa: F401
+from .p2p import *  # noqa: F401,F403
+from .attention import *  # noqa: F401,F403
+from .ddpm import *  # noqa: F401,F403
+from .ldm import *  # noqa: F401,F403

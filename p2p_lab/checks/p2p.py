@@ -1,0 +1,273 @@
+"""Public checks for notebook 05 (Prompt-to-Prompt): the four graded pieces of the algorithm.
+
+* ``check_edit_switch``: Algorithm 1's switch Edit(A_t, A*_t, t) = A*_t if t < tau else A_t;
+* ``check_replace_mapper``: the word-alignment trick A_hat = A M;
+* ``check_alpha_blend``: per-word, per-step blending alpha_t (.) A_hat + (1 - alpha_t) (.) A*_t;
+* ``check_reweight``: re-weighting, the columns of the chosen tokens scaled by c.
+
+The trusted references are the small pure functions below, written from the paper's formulas
+(Hertz et al. 2022, Sec. 3.2); the engine in :mod:`p2p_lab.p2p` applies the same formulas inside
+the UNet's attention layers.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ._core import CheckResult, Mistake, run_check
+
+__all__ = ["check_edit_switch", "check_replace_mapper", "check_alpha_blend", "check_reweight",
+           "edit_switch", "apply_mapper", "alpha_blend", "reweight", "run_edit_switch"]
+
+
+# ------------------------------------------------------------------ references (from the formulas)
+
+def edit_switch(A_t: torch.Tensor, A_star_t: torch.Tensor, t: int, tau: int) -> torch.Tensor:
+    """Edit(A_t, A*_t, t) of Algorithm 1 (notebook 05): A*_t if t < tau, else A_t.
+
+    ``t`` and ``tau`` are timesteps; t counts DOWN from T, so the source's maps A_t are used in
+    the first steps (t >= tau) and the target's own maps A*_t afterwards.
+    """
+    return A_star_t if t < tau else A_t
+
+
+def apply_mapper(A: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """A_hat = A M (notebook 05): the source's maps re-indexed onto the target's tokens.
+
+    A: (..., n_pixels, n_tokens) source cross-attention; M: (n_tokens, n_tokens) with
+    M[i, j] = weight of source token i in target token j.
+    """
+    return A @ M  # (..., n_pixels, n_tokens)
+
+
+def alpha_blend(A_hat: torch.Tensor, A_star: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """alpha_t (.) A_hat + (1 - alpha_t) (.) A*_t (notebook 05), alpha_t one weight per token.
+
+    alpha: (n_tokens,), 1 where token j still follows the source's (mapped) map at this step.
+    """
+    return alpha * A_hat + (1 - alpha) * A_star  # (..., n_pixels, n_tokens)
+
+
+def reweight(A: torch.Tensor, token_indices: list[int], scale: float) -> torch.Tensor:
+    """Attention re-weighting (notebook 05): column j of A multiplied by c for j in token_indices.
+
+    No renormalisation (paper, Sec. 3.2): c > 1 strengthens the word, 0 <= c < 1 weakens it.
+    """
+    w = torch.ones(A.shape[-1], dtype=A.dtype)  # (n_tokens,)
+    w[list(token_indices)] = scale
+    return A * w  # (..., n_pixels, n_tokens)
+
+
+# ------------------------------------------------------------------ seeded inputs
+
+def _maps(gen: torch.Generator, *shape: int) -> torch.Tensor:
+    """Random attention probabilities (rows sum to 1 over the last axis)."""
+    return torch.randn(*shape, generator=gen, dtype=torch.float64).mul(2).softmax(-1)
+
+
+def _copy_mapper(n: int, src_of: dict[int, list[int]]) -> torch.Tensor:
+    """M with M[i, j] = 1 where target token j takes source token i (identity elsewhere)."""
+    M = torch.zeros(n, n, dtype=torch.float64)
+    taken = {j for js in src_of.values() for j in js}
+    for i, js in src_of.items():
+        M[i, js] = 1.0
+    rest_src = [i for i in range(n) if i not in src_of]
+    rest_tgt = [j for j in range(n) if j not in taken]
+    for i, j in zip(rest_src, rest_tgt):
+        M[i, j] = 1.0
+    return M
+
+
+# ------------------------------------------------------------------ the Edit switch
+
+def _run_switch(fn: Callable, A_t, A_star_t, timesteps, tau):
+    outs = []
+    for t in timesteps:
+        out = fn(A_t.clone(), A_star_t.clone(), int(t), int(tau))
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"Edit must return one of the two attention tensors, got "
+                            f"{type(out).__name__} at t={int(t)}")
+        outs.append(out)
+    return torch.stack(outs)  # (n_steps, heads, n_pixels, n_tokens)
+
+
+def _switch_cases():
+    gen = torch.Generator().manual_seed(5)
+    steps = torch.arange(981, 0, -40)  # a 25-step DDIM schedule, t counting down
+    return [dict(A_t=_maps(gen, 2, 16, 8), A_star_t=_maps(gen, 2, 16, 8), timesteps=steps,
+                 tau=int(steps[k])) for k in (10, 4, 19)]
+
+
+def check_edit_switch(fn: Callable) -> CheckResult:
+    """Check ``fn(A_t, A_star_t, t, tau)`` = Edit(A_t, A*_t, t) over a whole schedule of t."""
+    student = lambda A_t, A_star_t, timesteps, tau: _run_switch(fn, A_t, A_star_t, timesteps, tau)  # noqa: E731
+    ref = lambda A_t, A_star_t, timesteps, tau: _run_switch(edit_switch, A_t, A_star_t, timesteps, tau)  # noqa: E731
+
+    def wrong(rule):
+        return lambda A_t, A_star_t, timesteps, tau: torch.stack(
+            [A_star_t if rule(int(t), tau) else A_t for t in timesteps])
+
+    mistakes = (
+        Mistake("always_target", wrong(lambda t, tau: True),
+                "you always return A*_t: the source's maps A_t must be used while t >= tau"),
+        Mistake("always_source", wrong(lambda t, tau: False),
+                "you always return A_t: once t < tau the target uses its own maps A*_t"),
+        Mistake("inverted", wrong(lambda t, tau: t >= tau),
+                "the comparison is inverted: t counts DOWN from T, so the source's maps A_t come "
+                "first (t >= tau) and the target's own maps A*_t only once t < tau"),
+        Mistake("boundary", wrong(lambda t, tau: t <= tau),
+                "off at t == tau: Edit returns A*_t only for t strictly below tau, A_t at t == tau"),
+    )
+    return run_check("Edit(A_t, A*_t, t)", student, ref, _switch_cases(), mistakes)
+
+
+# ------------------------------------------------------------------ the replacement mapper
+
+def _mapper_cases():
+    gen = torch.Generator().manual_seed(6)
+    n = 8
+    one_to_one = _copy_mapper(n, {3: [3]})  # 'a red circle' -> 'a blue circle'
+    one_to_two = _copy_mapper(n, {2: [2, 3]})  # 'a circle ...' -> 'a big triangle ...' (copy)
+    average = one_to_two.clone()
+    average[2, 2:4] = 0.5  # the average variant splits the source column over both tokens
+    return [dict(A=_maps(gen, 4, 16, n), M=one_to_two),
+            dict(A=_maps(gen, 2, 4, 16, n), M=average),
+            dict(A=_maps(gen, 4, 64, n), M=one_to_one)]
+
+
+def check_replace_mapper(fn: Callable) -> CheckResult:
+    """Check ``fn(A, M)`` = A_hat = A M for copy and average mappers and batched A."""
+    mistakes = (
+        Mistake("transposed", lambda A, M: A @ M.T,
+                "M is indexed M[source token i, target token j], so A_hat = A @ M; you used M "
+                "transposed (M @ ... or A @ M.T)"),
+        Mistake("renormalised", lambda A, M: (A @ M) / (A @ M).sum(-1, keepdim=True),
+                "don't renormalise A_hat: with the copy variant a source column is copied to "
+                "several target tokens on purpose, so its rows may sum to more than 1"),
+        Mistake("elementwise", lambda A, M: A * torch.diagonal(M),
+                "A_hat = A M is a matrix product over the token axis, not an element-wise product"),
+    )
+    return run_check("A_hat = A M", fn, apply_mapper, _mapper_cases(), mistakes)
+
+
+# ------------------------------------------------------------------ the alpha blend
+
+def _alpha_cases():
+    gen = torch.Generator().manual_seed(7)
+    alpha1 = torch.tensor([1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], dtype=torch.float64)
+    alpha2 = torch.rand(8, generator=gen, dtype=torch.float64)
+    # The first case has as many pixels as tokens (the 4x4 layer of the shipped model with its
+    # 16 tokens), so that a blend over the wrong axis still has the right shape and is caught.
+    return [dict(A_hat=_maps(gen, 2, 16, 16), A_star=_maps(gen, 2, 16, 16), alpha=alpha1),
+            dict(A_hat=_maps(gen, 4, 64, 8), A_star=_maps(gen, 4, 64, 8), alpha=alpha2)]
+
+
+def check_alpha_blend(fn: Callable) -> CheckResult:
+    """Check ``fn(A_hat, A_star, alpha)`` = alpha (.) A_hat + (1 - alpha) (.) A*, alpha per token."""
+    mistakes = (
+        Mistake("swapped", lambda A_hat, A_star, alpha: alpha * A_star + (1 - alpha) * A_hat,
+                "the weights are swapped: alpha = 1 means the token still follows the SOURCE's "
+                "map, so alpha multiplies A_hat and (1 - alpha) multiplies A*"),
+        Mistake("wrong_axis",
+                lambda A_hat, A_star, alpha: alpha[:, None] * A_hat + (1 - alpha[:, None]) * A_star,
+                "alpha has one weight per TOKEN: it must scale the last axis (the columns), not "
+                "the pixel rows; broadcast it as it is (shape (n_tokens,)), no [:, None]"),
+        Mistake("renormalised", lambda A_hat, A_star, alpha: (lambda B: B / B.sum(-1, keepdim=True))(
+            alpha * A_hat + (1 - alpha) * A_star),
+                "don't renormalise after blending: the formula is the plain weighted sum"),
+    )
+    return run_check("alpha (.) A_hat + (1 - alpha) (.) A*", fn, alpha_blend, _alpha_cases(),
+                     mistakes)
+
+
+# ------------------------------------------------------------------ re-weighting
+
+def _reweight_cases():
+    gen = torch.Generator().manual_seed(8)
+    # First case square (16 pixels, 16 tokens) so scaling the pixel rows is caught by its hint.
+    return [dict(A=_maps(gen, 2, 16, 16), token_indices=[3], scale=3.0),
+            dict(A=_maps(gen, 4, 64, 16), token_indices=[2, 3], scale=0.25),
+            dict(A=_maps(gen, 1, 2, 16, 16), token_indices=[5], scale=-1.0)]
+
+
+def _renorm(B):
+    return B / B.sum(-1, keepdim=True)
+
+
+def check_reweight(fn: Callable) -> CheckResult:
+    """Check ``fn(A, token_indices, scale)``: the columns of those tokens times ``scale``."""
+    def rows(A, token_indices, scale):
+        B = A.clone()
+        B[..., token_indices, :] *= scale
+        return B
+
+    def others(A, token_indices, scale):
+        return reweight(A, [j for j in range(A.shape[-1]) if j not in token_indices], 1.0 / scale)
+
+    mistakes = (
+        Mistake("renormalised", lambda A, token_indices, scale: _renorm(reweight(A, token_indices, scale)),
+                "don't renormalise the rows after scaling: the paper multiplies column j* by c "
+                "and leaves every other column as it is"),
+        Mistake("rows", rows,
+                "you scaled pixel rows: a token is a COLUMN of A (last axis), use A[..., j] not "
+                "A[..., j, :]"),
+        Mistake("shifted", lambda A, token_indices, scale: reweight(A, [j - 1 for j in token_indices], scale),
+                "you scaled the column before the word's: token positions count the start token "
+                "<|startoftext|> as 0, so use the indices exactly as given"),
+        Mistake("shifted_right", lambda A, token_indices, scale: reweight(A, [j + 1 for j in token_indices], scale),
+                "you scaled the column after the word's: use the indices exactly as given"),
+        Mistake("others", others,
+                "you scaled every OTHER token by 1/c; scale only the listed tokens, by c"),
+        Mistake("every_column", lambda A, token_indices, scale: A * scale,
+                "you scaled every column: only the listed tokens' columns change"),
+    )
+    return run_check("re-weighting", fn, reweight, _reweight_cases(), mistakes)
+
+
+# ------------------------------------------------------------------ Algorithm 1 with your switch
+
+class _SwitchControl:
+    """An engine control (see p2p_lab.p2p.processor) that applies ``edit_fn`` to the target row of
+    every cross-attention layer: row 0 = source (A_t), row 1 = target (A*_t)."""
+
+    def __init__(self, edit_fn: Callable, tau: int, timesteps, latent_hw):
+        self.edit_fn, self.tau, self.timesteps = edit_fn, int(tau), [int(t) for t in timesteps]
+        self.latent_hw, self.n_uncond, self.step = latent_hw, 0, 0
+
+    def wants(self, layer) -> bool:
+        return layer.is_cross
+
+    def attention(self, layer, q, k, v, mask):
+        from ..p2p.processor import attend_all
+
+        return attend_all(self, layer, q, k, v, mask)  # explicit probabilities -> self.attend
+
+    def attend(self, layer, probs: torch.Tensor) -> torch.Tensor:
+        A_t, A_star_t = probs[0], probs[1]  # each (heads, n_pixels, n_tokens)
+        A_hat = self.edit_fn(A_t, A_star_t, self.timesteps[self.step], self.tau)
+        if not isinstance(A_hat, torch.Tensor) or A_hat.shape != A_t.shape:
+            raise TypeError(f"your Edit returned {type(A_hat).__name__} "
+                            f"{tuple(getattr(A_hat, 'shape', ()))}; it must return A_t or A*_t, "
+                            f"a tensor of shape {tuple(A_t.shape)}")
+        return torch.stack([A_t, A_hat])  # (2, heads, n_pixels, n_tokens)
+
+
+def run_edit_switch(pipe, source: str, target: str, edit_fn: Callable, tau: int, *, seed: int = 0,
+                    num_inference_steps: int = 10, guidance_scale: float | None = None):
+    """Algorithm 1 of notebook 05 with YOUR ``edit_fn(A_t, A_star_t, t, tau)``: source and target
+    run as one batch from the same z_T; in every cross-attention layer the target attends with
+    Edit(A_t, A*_t, t) (always to its own prompt y*'s values). ``tau`` is a timestep, as on the
+    slides. For word swaps of one token each; returns images (2, H, W, 3): source, edit.
+    """
+    from ..p2p.sampling import decode, resolve_run, run_loop
+    from ..p2p.schedule import scheduler_timesteps
+
+    n = [len(pipe.tokenizer(p, add_special_tokens=False).input_ids) for p in (source, target)]
+    if n[0] != n[1]:
+        raise ValueError(f"the plain Edit switch needs prompts of the same token count ({source!r} "
+                         f"has {n[0]}, {target!r} has {n[1]}); for other edits use "
+                         f"p2p_lab.p2p.edit, which aligns the tokens with a mapper")
+    run = resolve_run(pipe, seed, num_inference_steps, guidance_scale)
+    control = _SwitchControl(edit_fn, tau, scheduler_timesteps(pipe, run.num_steps), run.latent_hw)
+    return decode(pipe, run_loop(pipe, [source, target], run, control))
