@@ -115,7 +115,7 @@ def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=50, help="seeds per edit type")
     p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--guidance", type=float, default=None, help="default: the package's (7.5)")
+    p.add_argument("--guidance", type=float, default=None, help="default: the model's (p2p_lab.model.sampling_defaults)")
     p.add_argument("--cross-tau", type=float, default=0.8)
     p.add_argument("--self-tau", type=float, default=0.4)
     p.add_argument("--sweep", default="0,0.2,0.4,0.6,0.8,1.0", help="cross_tau values (self_tau = min(self_tau, tau))")

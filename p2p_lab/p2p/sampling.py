@@ -17,8 +17,6 @@ from .align import check_length
 from .options import strict_options
 from .processor import attention_control, default_latent_hw
 
-DEFAULT_STEPS = 50
-DEFAULT_GUIDANCE = 7.5
 
 
 @dataclasses.dataclass
@@ -36,10 +34,14 @@ class Run:
 
 
 def resolve_run(pipe, seed, num_inference_steps, guidance_scale) -> Run:
-    steps = DEFAULT_STEPS if num_inference_steps is None else int(num_inference_steps)
+    """Unset steps / guidance come from the model: p2p_lab.model.sampling_defaults(pipe)."""
+    from ..model import sampling_defaults
+
+    default = sampling_defaults(pipe)
+    steps = default.num_inference_steps if num_inference_steps is None else int(num_inference_steps)
     if steps < 1:
         raise ValueError(f"num_inference_steps = {steps}; use at least 1 step")
-    g = DEFAULT_GUIDANCE if guidance_scale is None else float(guidance_scale)
+    g = default.guidance_scale if guidance_scale is None else float(guidance_scale)
     return Run(steps, g, default_latent_hw(pipe), int(seed))
 
 
