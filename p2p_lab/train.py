@@ -279,7 +279,7 @@ def encode_dataset(cfg: TrainConfig, vae, data, device) -> dict[str, torch.Tenso
     return lat
 
 
-def train_ldm(cfg: TrainConfig, mcfg: ModelConfig, tokenizer, lat, data, scale, accelerator):
+def train_ldm(cfg: TrainConfig, mcfg: ModelConfig, tokenizer, lat, data, vae, accelerator):
     out = Path(cfg.out) / "ldm"
     unet, text_encoder = build_unet(mcfg), build_text_encoder(mcfg, tokenizer)
     ema_unet, ema_text = build_unet(mcfg), build_text_encoder(mcfg, tokenizer)
@@ -310,7 +310,8 @@ def train_ldm(cfg: TrainConfig, mcfg: ModelConfig, tokenizer, lat, data, scale, 
         rng = np.random.default_rng([cfg.seed, step])
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         idx = torch.from_numpy(rng.integers(len(lat["mean"]), size=cfg.batch))
-        z0 = (lat["mean"][idx] + lat["std"][idx] * torch.randn(lat["mean"][idx].shape, generator=g)) * scale
+        z0 = (lat["mean"][idx] + lat["std"][idx] * torch.randn(lat["mean"][idx].shape, generator=g))
+        z0 = z0 * vae.config.scaling_factor  # (b, 4, 8, 8), unit variance
         texts, groups, bgs = zip(*(caption_targets(tokenizer, scene_from_attrs(data["attrs"][i]), rng, cfg, length)
                                    for i in idx.tolist()))
         ids = tokenizer(list(texts), padding="max_length", max_length=length, truncation=True,
@@ -352,16 +353,13 @@ def train_ldm(cfg: TrainConfig, mcfg: ModelConfig, tokenizer, lat, data, scale, 
             save_optimizer(opt, out / "optimizer.safetensors")
             state_file.write_text(json.dumps({"step": step}))
         if step % cfg.export_every == 0 and step < cfg.steps:
-            export(Path(cfg.out) / "pipeline", ema_unet, ema_text, tokenizer)
+            export(Path(cfg.out) / "pipeline", vae, ema_unet, ema_text, tokenizer)
     bar.close()
     log.close()
     return ema_unet, ema_text
 
 
-_VAE = None  # the frozen autoencoder of the current run, set by main()
-
-
-def export(folder: Path, unet, text_encoder, tokenizer) -> None:
+def export(folder: Path, vae, unet, text_encoder, tokenizer) -> None:
     """Write a standard diffusers pipeline folder (safetensors only)."""
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -370,12 +368,11 @@ def export(folder: Path, unet, text_encoder, tokenizer) -> None:
     u.load_state_dict(unet.state_dict())
     te = CLIPTextModel(text_encoder.config)
     te.load_state_dict(text_encoder.state_dict())
-    pipe = assemble_pipeline(_VAE, te.eval(), tokenizer, u.eval())
+    pipe = assemble_pipeline(vae, te.eval(), tokenizer, u.eval())
     pipe.save_pretrained(str(folder), safe_serialization=True)
 
 
 def main(cfg: TrainConfig, mcfg: ModelConfig | None = None) -> Path:
-    global _VAE
     from accelerate import Accelerator
 
     from .tokenizer import build_tokenizer
@@ -401,9 +398,9 @@ def main(cfg: TrainConfig, mcfg: ModelConfig | None = None) -> Path:
     lat = encode_dataset(cfg, vae, data, accelerator.device)
     scale = float(1.0 / lat["mean"].std())
     vae.register_to_config(scaling_factor=scale)
-    _VAE = vae.cpu()
-    unet, text_encoder = train_ldm(cfg, mcfg, tokenizer, lat, data, scale, accelerator)
-    export(Path(cfg.export), unet, text_encoder, tokenizer)
+    vae = vae.cpu()
+    unet, text_encoder = train_ldm(cfg, mcfg, tokenizer, lat, data, vae, accelerator)
+    export(Path(cfg.export), vae, unet, text_encoder, tokenizer)
     (out / "done.json").write_text(json.dumps({"seconds_this_run": time.time() - t0,
                                                "device": str(accelerator.device),
                                                "threads": torch.get_num_threads()}))
