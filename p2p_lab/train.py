@@ -90,11 +90,21 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
+_TOKEN_COUNTS: dict[tuple[int, str], int] = {}
+
+
+def _token_count(tokenizer, word: str) -> int:
+    key = (id(tokenizer), word)
+    if key not in _TOKEN_COUNTS:
+        _TOKEN_COUNTS[key] = len(tokenizer(word, add_special_tokens=False).input_ids)
+    return _TOKEN_COUNTS[key]
+
+
 def word_groups(tokenizer, words: list[str], length: int) -> list[list[int]]:
     """Token positions of each word of a whitespace-split caption (position 0 is the start token)."""
     pos, groups = 1, []
     for w in words:
-        n = len(tokenizer(w, add_special_tokens=False).input_ids)
+        n = _token_count(tokenizer, w)
         groups.append([p for p in range(pos, pos + n) if p < length])
         pos += n
     return groups
@@ -201,7 +211,7 @@ def save_modules(path: Path, **modules) -> None:
 
     path.mkdir(parents=True, exist_ok=True)
     for name, m in modules.items():
-        save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path / f"{name}.safetensors"))
+        save_file({k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}, str(path / f"{name}.safetensors"))
 
 
 def load_modules(path: Path, **modules) -> None:
@@ -251,7 +261,8 @@ def train_vae(cfg: TrainConfig, mcfg: ModelConfig, data, accelerator):
         opt.step()
         step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % 50 == 0:  # .item() waits for the GPU: not every step
+            bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % cfg.checkpoint_every == 0 or step == cfg.vae_steps:
             save_modules(out, vae=accelerator.unwrap_model(vae))
             save_optimizer(opt, out / "optimizer.safetensors")
@@ -294,6 +305,8 @@ def train_ldm(cfg: TrainConfig, mcfg: ModelConfig, tokenizer, lat, data, vae, ac
         load_optimizer(opt, out / "optimizer.safetensors")
     unet, text_encoder, opt = accelerator.prepare(unet, text_encoder, opt)
     dev = accelerator.device
+    ema_unet.to(dev)
+    ema_text.to(dev)
     store = install_capture(accelerator.unwrap_model(unet))
     scheduler = build_scheduler()
     abar = scheduler.alphas_cumprod.to(dev)
@@ -339,9 +352,10 @@ def train_ldm(cfg: TrainConfig, mcfg: ModelConfig, tokenizer, lat, data, vae, ac
         step += 1
         decay = min(cfg.ema, (1 + step) / (10 + step))
         with torch.no_grad():
-            torch._foreach_lerp_(ema_params, [p.detach().cpu() for p in params], 1 - decay)
+            torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
         bar.update(1)
-        bar.set_postfix(mse=f"{mse.item():.4f}", attn=f"{aux.item():.3f}")
+        if step % 50 == 0:  # .item() waits for the GPU: not every step
+            bar.set_postfix(mse=f"{mse.item():.4f}", attn=f"{aux.item():.3f}")
         if step % 100 == 0:
             log.write(json.dumps({"step": step, "mse": mse.item(), "attn": aux.item(),
                                   "lr": lr_at(step, cfg), "sec": time.time() - t0}) + "\n")
