@@ -23,7 +23,7 @@ class ModelConfig:
     """Sizes of the shipped model (32x32 RGB images, 4x8x8 latents)."""
 
     image_size: int = 32
-    vae_channels: tuple[int, ...] = (32, 64, 64)  # three levels: 32 -> 8 pixels (factor 4)
+    vae_channels: tuple[int, ...] = (16, 32, 32)  # three levels: 32 -> 8 pixels (factor 4)
     latent_channels: int = 4
     unet_channels: tuple[int, ...] = (32, 64)  # cross-attention at 8x8 and 4x4 (+ mid block)
     unet_heads: int = 4
