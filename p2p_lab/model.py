@@ -92,10 +92,13 @@ def assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler=None):
 class SamplingDefaults:
     num_inference_steps: int
     guidance_scale: float
+    # Prompt-to-Prompt: the fraction of steps in which a target's unchanged tokens keep the source's
+    # text embeddings (p2p_lab.p2p.edit's ``context_tau``; its docstring says why)
+    context_tau: float = 0.0
 
 
-SHAPES_DEFAULTS = SamplingDefaults(num_inference_steps=20, guidance_scale=4.0)
-SD_DEFAULTS = SamplingDefaults(num_inference_steps=50, guidance_scale=7.5)
+SHAPES_DEFAULTS = SamplingDefaults(num_inference_steps=20, guidance_scale=4.0, context_tau=0.5)
+SD_DEFAULTS = SamplingDefaults(num_inference_steps=50, guidance_scale=7.5, context_tau=0.0)
 
 
 def is_shapes_model(pipe) -> bool:
@@ -105,7 +108,8 @@ def is_shapes_model(pipe) -> bool:
 
 def sampling_defaults(pipe) -> SamplingDefaults:
     """Default steps and guidance: 20 DDIM steps at guidance 4 for the shipped model, SD's 50 / 7.5
-    otherwise."""
+    otherwise; and for how many steps Prompt-to-Prompt keeps the unchanged tokens' context (``context_tau``:
+    shipped model 0.5; Stable Diffusion 0, as in the paper)."""
     return SHAPES_DEFAULTS if is_shapes_model(pipe) else SD_DEFAULTS
 
 

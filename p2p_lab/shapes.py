@@ -36,9 +36,14 @@ IMAGE_SIZE = 32
 # Half-extent of a shape in pixels, per size word (uniform in the range).
 RADIUS = {"small": (4.5, 5.5), "big": (6.75, 7.75)}
 # Layout priors: mean centre row per shape, mean centre column per colour (pixels, 32x32 image).
-SHAPE_ROW = {"circle": 9.0, "triangle": 16.0, "square": 23.0}
+# The spreads are wide on purpose: the priors must move an object when one word changes under a
+# fixed seed (so Prompt-to-Prompt has something to fix), yet overlap enough that a circle where a
+# triangle stood is still a likely picture (so an edit that keeps the place has a place to keep).
+# With spreads of 1.5 px the model never saw a circle at a triangle's height and injected
+# attention could not hold the layout.
+SHAPE_ROW = {"circle": 10.0, "triangle": 16.0, "square": 22.0}
 COLOR_COLUMN = {c: 8.0 + 16.0 * i / (len(COLORS) - 1) for i, c in enumerate(COLORS)}
-ROW_STD, COLUMN_STD = 1.5, 1.5
+ROW_STD, COLUMN_STD = 3.0, 3.0
 SIZE_SPLIT = 6.3  # a read-back radius above this counts as "big"
 
 

@@ -53,6 +53,8 @@ class TrainConfig:
     ema: float = 0.999  # EMA of UNet and text encoder weights; the EMA weights are shipped
     caption_dropout: float = 0.1
     attn_loss_weight: float = 0.05  # 0 switches the auxiliary attention loss off
+    context_swap: float = 0.0  # fraction of captions whose tokens after the object words are encoded
+    # from a decoy caption naming another object (see decoy_caption); 0 switches it off
     checkpoint_every: int = 500
     export_every: int = 2000  # also exports to <out>/pipeline for a look while training
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
@@ -126,6 +128,44 @@ def caption_targets(tokenizer, scene, rng, cfg: TrainConfig, length: int):
         elif i == len(words) - 2 and words[-1] == "background":
             bg[g] = 1.0
     return text, obj_groups, bg
+
+
+def decoy_caption(text: str, rng, tokenizer) -> str:
+    """The caption with its object words (size, colour, shape) replaced by others of the same token
+    count, the background kept: "a red circle on a blue background" -> "a green square on a blue
+    background".
+
+    Why: CLIP's text encoder is causal, so the tokens after the object words (the background word,
+    the end and padding tokens) carry the object in their embeddings, and a small model learns to
+    read the object's identity and place from them. Prompt-to-Prompt edits only the attention maps,
+    so such a model moves or keeps the object whatever the maps say. Encoding that tail from a decoy
+    now and then (``context_swap``) teaches the model to read the object from its own words, the
+    way the maps route it.
+    """
+    words = text.split()
+    n_obj = words.index("on") if "on" in words else len(words)
+    background = words[n_obj + 2] if n_obj < len(words) else None
+    for i in range(1, n_obj):
+        w = words[i]
+        if w in shapes.SHAPES:
+            pool = [x for x in shapes.SHAPES if x != w]
+        elif w in shapes.COLORS:
+            n = _token_count(tokenizer, w)
+            pool = [x for x in shapes.COLORS if x not in (w, background) and _token_count(tokenizer, x) == n]
+        elif w in shapes.SIZES:
+            pool = [x for x in shapes.SIZES if x != w]
+        else:
+            continue
+        if pool:
+            words[i] = pool[int(rng.integers(len(pool)))]
+    return " ".join(words)
+
+
+def context_start(tokenizer, text: str, length: int) -> int:
+    """Position of the first token after the object words (position 0 is the start token)."""
+    words = text.split()
+    n_obj = words.index("on") if "on" in words else len(words)
+    return min(length, 1 + sum(_token_count(tokenizer, w) for w in words[:n_obj]))
 
 
 # ------------------------------------------------------------------ attention capture
@@ -338,6 +378,14 @@ def train_ldm(cfg: TrainConfig, mcfg: ModelConfig, tokenizer, lat, data, vae, ac
             group["lr"] = lr_at(step, cfg)
         store.clear()
         cond = text_encoder(ids)[0]  # (b, 16, 64)
+        if cfg.context_swap > 0:
+            swap = [bool(x) and rng.random() < cfg.context_swap for x in texts]
+            decoys = [decoy_caption(x, rng, tokenizer) if sw else x for x, sw in zip(texts, swap)]
+            pos = torch.arange(length)
+            tail = torch.stack([(pos >= context_start(tokenizer, x, length)) & sw for x, sw in zip(texts, swap)])
+            dec_ids = tokenizer(decoys, padding="max_length", max_length=length, truncation=True,
+                                return_tensors="pt").input_ids.to(dev)
+            cond = torch.where(tail.to(dev)[..., None], text_encoder(dec_ids)[0], cond)
         pred = unet(zt, t, cond).sample
         mse = F.mse_loss(pred, eps)
         aux = torch.zeros((), device=dev)

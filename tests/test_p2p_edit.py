@@ -44,12 +44,67 @@ def test_our_loop_equals_the_diffusers_pipeline(name, g, request):
 
 
 def test_tau_zero_is_the_fixed_seed_baseline(shipped_pipe):
-    res = edit(shipped_pipe, S, [T1, T2], cross_tau=0.0, self_tau=0.0, **FAST)
+    res = edit(shipped_pipe, S, [T1, T2], cross_tau=0.0, self_tau=0.0, context_tau=0.0, **FAST)
     base = fixed_seed(shipped_pipe, S, [T1, T2], **FAST)
     assert res.images.shape == (3, 32, 32, 3) and res.images.dtype == np.float32
     assert close(res.images, base)
     assert close(res.source_image, sample(shipped_pipe, [S], **FAST)[0])  # the source is never edited
     assert all(isinstance(p, AttnProcessor2_0) for p in shipped_pipe.unet.attn_processors.values())
+
+
+def _encode(pipe, prompts):
+    tok = pipe.tokenizer
+    ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return pipe.text_encoder(ids)[0]
+
+
+def test_context_embeddings_by_hand(shipped_pipe):
+    from p2p_lab.p2p.edit import context_embeddings
+
+    inserted = "a big red circle on a blue background"  # every source token moves one place right
+    with torch.no_grad():
+        got = context_embeddings(shipped_pipe, S, [T2, inserted])
+    src, t2, ins = _encode(shipped_pipe, [S, T2, inserted])
+    assert torch.equal(got[0], src)
+    # "a red square ...": token 3 ("square") is the target's own, every other position the source's
+    assert torch.allclose(got[1, 3], t2[3]) and not torch.allclose(got[1, 3], src[3], atol=1e-3)
+    keep = [i for i in range(16) if i != 3]
+    assert torch.allclose(got[1, keep], src[keep])
+    # phrase insertion: "big" (position 2) is new, the rest are the source's tokens one place on
+    assert torch.allclose(got[2, 2], ins[2])
+    assert torch.allclose(got[2, :2], src[:2]) and torch.allclose(got[2, 3:], src[2:15])
+
+
+def test_context_tau_feeds_the_kept_embeddings_to_the_unet(shipped_pipe):
+    """With no attention edit, context_tau=1 is plain sampling (diffusers' own pipeline) from the
+    kept embeddings; context_tau=0 from the target's own."""
+    from p2p_lab.p2p.edit import context_embeddings
+
+    with torch.no_grad():
+        ctx = context_embeddings(shipped_pipe, S, [T2])
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)).repeat(2, 1, 1, 1)
+    uncond = _encode(shipped_pipe, ["", ""])
+    ref = shipped_pipe(prompt_embeds=ctx, negative_prompt_embeds=uncond, latents=z, output_type="np",
+                       **FAST).images
+    got = edit(shipped_pipe, S, T2, cross_tau=0.0, self_tau=0.0, context_tau=1.0, **FAST).images
+    assert close(got, ref, 1e-4)
+    own = edit(shipped_pipe, S, T2, cross_tau=0.0, self_tau=0.0, context_tau=0.0, **FAST).images
+    assert not close(own[1], ref[1], 1e-3) and close(own[0], ref[0], 1e-4)
+    half = edit(shipped_pipe, S, T2, cross_tau=0.0, self_tau=0.0, context_tau=0.5, **FAST).images
+    assert not close(half[1], ref[1], 1e-3) and not close(half[1], own[1], 1e-3)
+    with pytest.raises(ValueError, match="context_tau = 1.5 is outside"):
+        edit(shipped_pipe, S, T2, context_tau=1.5)
+
+
+def test_context_tau_default_comes_from_the_model(shipped_pipe, sd_like_pipe):
+    from p2p_lab.model import sampling_defaults
+
+    assert sampling_defaults(sd_like_pipe).context_tau == 0.0  # Stable Diffusion: as in the paper
+    f = sampling_defaults(shipped_pipe).context_tau
+    assert 0.0 < f <= 1.0
+    assert close(edit(shipped_pipe, S, T2, **FAST).images,
+                 edit(shipped_pipe, S, T2, context_tau=f, **FAST).images)
 
 
 def _manual_attention(attn, x, ctx):

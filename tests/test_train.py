@@ -1,5 +1,9 @@
 """`python -m p2p_lab train`: a few real steps, resumable, deterministic, exports a pipeline."""
 import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
@@ -59,3 +63,37 @@ def test_attention_loss_is_minimal_for_the_target_segmentation():
 def test_config_defaults_document_themselves():
     cfg = TrainConfig()
     assert cfg.caption_dropout > 0 and cfg.attn_loss_weight >= 0 and cfg.steps > cfg.warmup
+
+
+def test_decoy_caption_swaps_the_object_words_and_keeps_the_token_layout():
+    from p2p_lab import shapes
+    from p2p_lab.tokenizer import build_tokenizer
+    from p2p_lab.train import context_start, decoy_caption
+
+    tok = build_tokenizer(Path(tempfile.mkdtemp()) / "bpe")
+    rng = np.random.default_rng(0)
+    for text in ["a red circle on a blue background", "a big turquoise square on a red background",
+                 "a small green triangle", "a circle on a yellow background"]:
+        for _ in range(10):
+            d = decoy_caption(text, rng, tok)
+            w, v = text.split(), d.split()
+            n_obj = w.index("on") if "on" in w else len(w)
+            assert w[n_obj:] == v[n_obj:]  # the context words stay
+            assert v[n_obj - 1] in shapes.SHAPES and v[n_obj - 1] != w[n_obj - 1]  # another shape
+            assert len(tok(d).input_ids) == len(tok(text).input_ids)
+            if "on" in w:  # a colour never equals the background
+                assert v[n_obj - 2] != w[-2]
+    # position 0 is the start token; "turquoise" is two tokens
+    assert context_start(tok, "a red circle on a blue background", 16) == 4
+    assert context_start(tok, "a big turquoise square on a red background", 16) == 6
+    assert context_start(tok, "a triangle", 16) == 3
+
+
+def test_context_swap_changes_training(tmp_path):
+    a = run(tmp_path, "plain", 2)
+    out = tmp_path / "swap"
+    assert cli(["train", "--out", str(out), "--export", str(out / "export"), "--steps", "2",
+                "--context-swap", "1.0", *TINY]) == 0
+    wa = load_file(str(a / "ldm" / "unet.safetensors"))
+    wb = load_file(str(out / "ldm" / "unet.safetensors"))
+    assert not all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -18,7 +18,9 @@ from .controls import EditControl, build_plan
 from .options import strict_options
 from .layers import require_cross_attention
 from .processor import attention_layers
-from .sampling import _prompt_list, decode, make_scheduler, resolve_run, run_loop
+from .align import refine_mapper
+from .schedule import step_window
+from .sampling import _prompt_list, decode, encode_prompts, make_scheduler, resolve_run, run_loop
 
 CACHE_BUDGET_BYTES = 512 * 2 ** 20  # record everything for later edits when it fits in this
 
@@ -76,7 +78,8 @@ def _latent_hook(cache, blend, from_cache):
 def edit(pipe, source: str, targets, *, mode: str | None = None, cross_tau=0.8, self_tau=0.4,
          reweight: dict | None = None, local_blend=None, mapper: str = "copy", seed: int = 0,
          num_inference_steps: int | None = None, guidance_scale: float | None = None,
-         cache: SourceCache | None = None, store=None, self_max_res: int = 16) -> EditResult:
+         cache: SourceCache | None = None, store=None, self_max_res: int = 16,
+         context_tau=None) -> EditResult:
     """Edit the image of ``source`` into each of ``targets`` (Prompt-to-Prompt).
 
     mode: "replace" (word swap, also one word -> several), "refine" (phrase insertion by
@@ -86,6 +89,14 @@ def edit(pipe, source: str, targets, *, mode: str | None = None, cross_tau=0.8, 
     to ``self_max_res``. reweight: {word: scale}. local_blend: words or a LocalBlend.
     mapper: "copy" | "average" (one token -> several). cache: an earlier result's ``.cache``.
     store: an AttentionStore to fill (rows: source, then targets).
+    context_tau: the fraction of steps (float or (start, end)) in which every target token that is
+    the same token as in the source (aligned as in refine: articles, unchanged words, end and
+    padding tokens) gets the source's text embedding; the edited words keep their own. CLIP's
+    text encoder is causal, so every token after an edited word carries that word in its
+    embedding, and a model that learned to read the object's identity and place from those tokens
+    (the shipped model partly does) moves the object even when the attention maps are the
+    source's. Not in the paper. None: the model's default (``p2p_lab.model.sampling_defaults``:
+    0 for Stable Diffusion, as in the paper).
     """
     targets = _prompt_list(targets)
     require_cross_attention(pipe.unet)
@@ -103,7 +114,8 @@ def edit(pipe, source: str, targets, *, mode: str | None = None, cross_tau=0.8, 
         cache.clear()
         control.from_cache = False
     rows = targets if from_cache else [source, *targets]
-    z0 = run_loop(pipe, rows, run, control, _latent_hook(cache, blend, from_cache))
+    cond = _context_schedule(pipe, source, targets, rows, context_tau, n, from_cache)
+    z0 = run_loop(pipe, rows, run, control, _latent_hook(cache, blend, from_cache), cond=cond)
     images = decode(pipe, z0)
     if from_cache:
         cache.hits += 1
@@ -111,6 +123,31 @@ def edit(pipe, source: str, targets, *, mode: str | None = None, cross_tau=0.8, 
     else:
         cache.image = images[0].copy()
     return EditResult(images, [source, *targets], cache, store, from_cache)
+
+
+def _context_schedule(pipe, source, targets, rows, context_tau, n, from_cache):
+    """None (each row's own embeddings throughout) or a callable step -> embeddings of ``rows``."""
+    if context_tau is None:
+        from ..model import sampling_defaults
+
+        context_tau = sampling_defaults(pipe).context_tau
+    window = step_window(context_tau, n, "context_tau")
+    if not window.any():
+        return None
+    kept = context_embeddings(pipe, source, targets)[1 if from_cache else 0:]
+    own = encode_prompts(pipe, rows)
+    return lambda i: kept if window[i] else own
+
+
+def context_embeddings(pipe, source: str, targets: list[str]) -> torch.Tensor:
+    """Text embeddings (1 + T, L, D) of source and targets, where every target token that is the
+    same token as in the source (global alignment, as in refine) takes the source's embedding."""
+    emb = encode_prompts(pipe, [source, *targets]).clone()
+    for k, target in enumerate(targets, 1):
+        index, alphas = refine_mapper(pipe.tokenizer, source, target)
+        keep = alphas.bool().to(emb.device)
+        emb[k, keep] = emb[0, index.to(emb.device)[keep]]
+    return emb
 
 
 def _blend_state(local_blend, tok, prompts, layers, latent_hw, n):

@@ -82,8 +82,9 @@ def initial_noise(pipe, run: Run, n_rows: int, scheduler) -> torch.Tensor:
 def denoise(pipe, cond, uncond, z, scheduler, run: Run, control=None, on_step=None) -> torch.Tensor:
     """The reverse loop z_T -> z_0. ``control.step`` is set to the loop index before each UNet call;
     ``on_step(i, z)`` may change the latents after each scheduler step."""
-    emb = torch.cat([uncond.expand(len(cond), -1, -1), cond]) if run.cfg else cond
     for i, t in enumerate(scheduler.timesteps):
+        c = cond(i) if callable(cond) else cond  # a callable: text embeddings that change by step
+        emb = torch.cat([uncond.expand(len(c), -1, -1), c]) if run.cfg else c
         if control is not None:
             control.step = i
         x = torch.cat([z, z]) if run.cfg else z
@@ -105,10 +106,11 @@ def decode(pipe, z) -> np.ndarray:
     return (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
 
 
-def run_loop(pipe, prompts, run: Run, control=None, on_step=None, latents=None) -> torch.Tensor:
-    """Encode, draw z_T, denoise under ``control`` (installed for the loop only); returns z_0."""
+def run_loop(pipe, prompts, run: Run, control=None, on_step=None, latents=None, cond=None) -> torch.Tensor:
+    """Encode (unless ``cond`` is given), draw z_T, denoise under ``control`` (installed for the
+    loop only); returns z_0."""
     sch = make_scheduler(pipe, run.num_steps)
-    cond = encode_prompts(pipe, prompts)
+    cond = encode_prompts(pipe, prompts) if cond is None else cond
     uncond = encode_prompts(pipe, [""]) if run.cfg else None
     z = initial_noise(pipe, run, len(prompts), sch) if latents is None else latents
     if control is None:
