@@ -13,7 +13,10 @@ and the output says how many that was. Metrics per method:
 
 Mask-based editing gets the true mask: the source object's mask (as read from the image) dilated
 by ``--dilate`` pixels for object edits, the background (outside it) for background edits.
-A tau sweep reruns P2P at several cross_tau values with the source cached.
+"p2p" is the engine at the model's defaults (for the shipped model that includes ``context_tau``:
+the target's unchanged tokens keep the source's text embeddings for the first part of the steps);
+"p2p_paper" is the same edit with ``context_tau=0``, the paper's method as published.
+Two sweeps rerun P2P with the source cached: over cross_tau, and over context_tau.
 
     python benchmarks/p2p_eval.py [--seeds 50] [--steps 25] [--quick]
 
@@ -32,7 +35,7 @@ from p2p_lab import shapes
 from p2p_lab.p2p import edit, fixed_seed, mask_blend
 
 EDITS = ("color", "shape", "background")
-METHODS = ("fixed_seed", "mask_blend", "p2p")
+METHODS = ("fixed_seed", "mask_blend", "p2p", "p2p_paper")
 PSNR_CAP = 60.0
 EDGE = 1  # pixels of anti-aliased object edge left out of the unchanged region
 
@@ -101,13 +104,21 @@ def run_pair(pipe, kind, source, target, seed, args, sweep):
         return None
     src_obj = reading.objects[0]
     blended = mask_blend(pipe, source, target, true_mask(kind, src_obj, args.dilate), **kw)[1]
-    res = edit(pipe, source, target, cross_tau=args.cross_tau, self_tau=args.self_tau, **kw)
+    taus = dict(cross_tau=args.cross_tau, self_tau=args.self_tau)
+    res = edit(pipe, source, target, context_tau=args.context_tau, **taus, **kw)
+    paper = edit(pipe, source, target, context_tau=0.0, cache=res.cache, **taus, **kw)
     out = {"fixed_seed": score(kind, src_img, src_obj, base[1], target),
            "mask_blend": score(kind, src_img, src_obj, blended, target),
-           "p2p": score(kind, src_img, src_obj, res.target_images[0], target), "sweep": {}}
+           "p2p": score(kind, src_img, src_obj, res.target_images[0], target),
+           "p2p_paper": score(kind, src_img, src_obj, paper.target_images[0], target),
+           "sweep": {}, "context_sweep": {}}
     for tau in sweep:
-        img = edit(pipe, source, target, cross_tau=tau, self_tau=min(args.self_tau, tau), cache=res.cache, **kw)
+        img = edit(pipe, source, target, cross_tau=tau, self_tau=min(args.self_tau, tau),
+                   context_tau=args.context_tau, cache=res.cache, **kw)
         out["sweep"][tau] = score(kind, src_img, src_obj, img.target_images[0], target)
+    for c in args.context_values:
+        img = edit(pipe, source, target, context_tau=c, cache=res.cache, **taus, **kw)
+        out["context_sweep"][c] = score(kind, src_img, src_obj, img.target_images[0], target)
     return out
 
 
@@ -118,7 +129,10 @@ def parse(argv=None):
     p.add_argument("--guidance", type=float, default=None, help="default: the model's (p2p_lab.model.sampling_defaults)")
     p.add_argument("--cross-tau", type=float, default=0.8)
     p.add_argument("--self-tau", type=float, default=0.4)
-    p.add_argument("--sweep", default="0,0.2,0.4,0.6,0.8,1.0", help="cross_tau values (self_tau = min(self_tau, tau))")
+    p.add_argument("--context-tau", type=float, default=None,
+                   help="default: the model's (p2p_lab.model.sampling_defaults)")
+    p.add_argument("--sweep", default="0,0.4,0.8,1.0", help="cross_tau values (self_tau = min(self_tau, tau))")
+    p.add_argument("--context-sweep", default="0,0.25,0.5,1.0", help="context_tau values")
     p.add_argument("--dilate", type=int, default=2, help="pixels added around the object for mask_blend")
     p.add_argument("--model", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -127,14 +141,15 @@ def parse(argv=None):
     p.add_argument("--quick", action="store_true", help="smoke run: 2 seeds, 3 steps, 2 sweep values")
     args = p.parse_args(argv)
     if args.quick:
-        args.seeds, args.steps, args.sweep = min(args.seeds, 2), min(args.steps, 3), "0,1"
+        args.seeds, args.steps, args.sweep, args.context_sweep = min(args.seeds, 2), min(args.steps, 3), "0,1", "0,1"
+    args.context_values = [float(t) for t in args.context_sweep.split(",")]
     return args
 
 
 def main(argv=None, pipe=None) -> dict:
     import torch
 
-    from p2p_lab.model import load_pipeline
+    from p2p_lab.model import load_pipeline, sampling_defaults
 
     args = parse(argv)
     if args.threads:
@@ -156,6 +171,8 @@ def main(argv=None, pipe=None) -> dict:
     result = aggregate(per_kind, sweep, tried, args.all_sources)
     result["settings"] = {"seeds": args.seeds, "all_sources": args.all_sources, "steps": args.steps, "guidance": args.guidance,
                           "cross_tau": args.cross_tau, "self_tau": args.self_tau,
+                          "context_tau": args.context_tau if args.context_tau is not None else
+                          sampling_defaults(pipe).context_tau,
                           "dilate": args.dilate, "seconds": round(time.time() - t0, 1)}
     report(result)
     return result
@@ -166,6 +183,11 @@ def aggregate(per_kind: dict, sweep, tried, all_sources=False) -> dict:
     result = {m: summarize([r[m] for r in everything]) for m in METHODS}
     result["by_edit"] = {k: {m: summarize([r[m] for r in rows]) for m in METHODS} for k, rows in per_kind.items()}
     result["tau_sweep"] = [{"cross_tau": t, **summarize([r["sweep"][t] for r in everything])} for t in sweep]
+    contexts = list(everything[0]["context_sweep"]) if everything else []
+    result["context_sweep"] = [{"context_tau": c, **summarize([r["context_sweep"][c] for r in everything])}
+                               for c in contexts]
+    result["context_sweep_by_edit"] = {k: [{"context_tau": c, **summarize([r["context_sweep"][c] for r in rows])}
+                                           for c in contexts] for k, rows in per_kind.items()}
     used = {k: len(v) for k, v in per_kind.items()}
     result["sources_used"] = used
     result["note"] = (f"scored only sources the model rendered correctly"
@@ -183,6 +205,11 @@ def report(result: dict) -> None:
     print("tau sweep (P2P, all edits):")
     for row in result["tau_sweep"]:
         print(f"  cross_tau {row['cross_tau']:.2f}: success {row['edit_success']} shift {row['centroid_shift_px']} psnr {row['bg_psnr_db']}")
+    print("context_tau sweep (P2P, per edit type):")
+    for kind, rows in [("all", result["context_sweep"]), *result["context_sweep_by_edit"].items()]:
+        for row in rows:
+            print(f"  {kind:10s} context_tau {row['context_tau']:.2f}: success {row['edit_success']} "
+                  f"shift {row['centroid_shift_px']} psnr {row['bg_psnr_db']}")
     print(json.dumps(result))
 
 

@@ -55,7 +55,7 @@ def test_benchmarks_quick(shipped_pipe, capsys):
     import json
 
     ev = _load("p2p_eval").main(["--quick", "--seeds", "1", "--steps", "2", "--all-sources"], pipe=shipped_pipe)
-    assert set(ev) >= {"fixed_seed", "mask_blend", "p2p", "by_edit", "tau_sweep", "note"}
+    assert set(ev) >= {"fixed_seed", "mask_blend", "p2p", "p2p_paper", "by_edit", "tau_sweep", "context_sweep", "note"}
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == ev
     sp = _load("p2p_speed").main(["--quick", "--steps", "2", "--no-sd"], pipe=shipped_pipe)
     assert sp["overhead_ratio"] > 0 and sp["cached_rerun_ratio"] > 0

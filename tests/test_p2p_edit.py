@@ -210,6 +210,40 @@ def test_cached_rerun_equals_full_run(shipped_pipe):
         edit(shipped_pipe, S, T1, cache=first.cache, seed=1, **FAST)
 
 
+def test_tau_rerun_resumes_from_the_first_changed_step(shipped_pipe):
+    kw = dict(num_inference_steps=10, guidance_scale=4.0)
+    first = edit(shipped_pipe, S, T2, cross_tau=0.8, self_tau=0.4, **kw)
+    cache = first.cache
+    assert cache.resumed_at is None  # a full run
+    cases = [  # (options, the loop step the re-run must resume at)
+        (dict(cross_tau=0.5, self_tau=0.4), 5),  # alpha first differs at step 5
+        (dict(cross_tau=0.5, self_tau=0.2), 2),  # the self-attention window ends at step 2 now
+        (dict(cross_tau=0.5, self_tau=0.2), 10),  # nothing new: the trail's final latent
+        (dict(cross_tau=0.5, self_tau=0.2, context_tau=0.3), 3),  # the context window ends earlier
+        (dict(cross_tau=0.5, self_tau=0.2, reweight={"square": 2.0}), None),  # another A_hat: all
+    ]
+    for opts, at in cases:
+        got = edit(shipped_pipe, S, T2, cache=cache, **opts, **kw)
+        assert got.from_cache and cache.resumed_at == at, (opts, cache.resumed_at)
+        assert close(got.images, edit(shipped_pipe, S, T2, **opts, **kw).images)
+    other = edit(shipped_pipe, S, T1, cache=cache, cross_tau=0.5, self_tau=0.2, **kw)  # another target
+    assert cache.resumed_at is None and close(other.images, edit(shipped_pipe, S, T1, cross_tau=0.5, self_tau=0.2, **kw).images)
+
+
+def test_no_resume_under_a_multistep_scheduler(shipped_pipe):
+    from diffusers import DPMSolverMultistepScheduler
+
+    original = shipped_pipe.scheduler
+    shipped_pipe.scheduler = DPMSolverMultistepScheduler.from_config(original.config)
+    try:
+        first = edit(shipped_pipe, S, T2, cross_tau=0.8, **FAST)
+        again = edit(shipped_pipe, S, T2, cross_tau=0.5, cache=first.cache, **FAST)
+        assert again.from_cache and first.cache.resumed_at is None
+        assert close(again.images, edit(shipped_pipe, S, T2, cross_tau=0.5, **FAST).images)
+    finally:
+        shipped_pipe.scheduler = original
+
+
 def test_local_blend_extremes(shipped_pipe):
     kw = dict(cross_tau=0.5, self_tau=0.25, **FAST)
     plain = edit(shipped_pipe, S, T2, **kw).images

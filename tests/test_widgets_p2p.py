@@ -157,7 +157,8 @@ def test_run_edit_switch_with_the_reference_equals_the_engine(shipped_pipe):
     steps = 4
     tau = tau_to_timestep(shipped_pipe, 0.5, steps)
     mine = run_edit_switch(shipped_pipe, SRC, TGT, edit_switch, tau, num_inference_steps=steps)
-    engine = edit(shipped_pipe, SRC, TGT, cross_tau=0.5, self_tau=0.0, num_inference_steps=steps)
+    engine = edit(shipped_pipe, SRC, TGT, cross_tau=0.5, self_tau=0.0, context_tau=0.0,
+                  num_inference_steps=steps)  # Algorithm 1 as in the paper
     np.testing.assert_allclose(mine, engine.images, atol=1e-4)
     with pytest.raises(ValueError, match="same token count"):
         run_edit_switch(shipped_pipe, SRC, "a turquoise circle on a blue background", edit_switch, tau)

@@ -7,6 +7,11 @@ When everything an edit could ask for fits in ``budget_bytes`` it records every 
 layer and every self-attention layer the edit may replace at every step, so later calls with
 another tau, alpha, reweighting, blend or target reuse it; otherwise only what the first edit
 needed, and a later call that needs more re-runs the source and refills the cache.
+
+It also keeps the last edit's target latents after every step ("trail"). Under a scheduler whose
+step depends on nothing but the timestep (DDIM), a re-run whose per-step settings (alpha, the
+self-attention and context windows) first differ at step k starts at step k from the trail: moving
+tau from 0.8 to 0.6 recomputes only the last 40 % of the steps, and gives the same result.
 """
 from __future__ import annotations
 
@@ -44,6 +49,10 @@ class SourceCache:
     latents: list = dataclasses.field(default_factory=list, repr=False)  # (1, C, h, w) after each step
     image: np.ndarray | None = dataclasses.field(default=None, repr=False)  # (H, W, 3)
     hits: int = 0  # how many edits reused it
+    # The last edit's target latents after every step, with what decided each step (see
+    # p2p_lab.p2p.edit): a re-run that differs only from step k on resumes there.
+    trail: object = dataclasses.field(default=None, repr=False)
+    resumed_at: int | None = None  # the step the last edit resumed from (None: no reuse)
 
     def keeps(self, layer: LayerInfo) -> bool:
         """Does the record-everything policy keep this layer?"""
@@ -70,11 +79,11 @@ class SourceCache:
 
     def clear(self) -> None:
         self.probs.clear(), self.latents.clear()
-        self.image = None
+        self.image = self.trail = None
 
     @property
     def nbytes(self) -> int:
-        ts = list(self.probs.values()) + list(self.latents)
+        ts = list(self.probs.values()) + list(self.latents) + (list(self.trail.latents) if self.trail else [])
         return sum(t.numel() * t.element_size() for t in ts)
 
     @staticmethod

@@ -114,8 +114,27 @@ def edit(pipe, source: str, targets, *, mode: str | None = None, cross_tau=0.8, 
         cache.clear()
         control.from_cache = False
     rows = targets if from_cache else [source, *targets]
-    cond = _context_schedule(pipe, source, targets, rows, context_tau, n, from_cache)
-    z0 = run_loop(pipe, rows, run, control, _latent_hook(cache, blend, from_cache), cond=cond)
+    cond, window = _context_schedule(pipe, source, targets, rows, context_tau, n, from_cache)
+    sig = _Signature.of(plan, targets, window, n)
+    start, z_start = 0, None
+    if from_cache and store is None and blend is None and _stateless(pipe.scheduler):
+        start = sig.resume_step(cache.trail)
+        z_start = cache.trail.latents[start - 1] if start else None
+    cache.resumed_at = start if start else None
+    trail = [None] * n
+    hook = _latent_hook(cache, blend, from_cache)
+
+    def on_step(i, z):
+        z = hook(i, z)
+        trail[i] = (z if from_cache else z[1:]).detach().clone()
+        return z
+
+    z0 = run_loop(pipe, rows, run, control, on_step, cond=cond, latents=z_start, start=start)
+    if start == n:
+        z0 = z_start
+    if start:
+        trail[:start] = cache.trail.latents[:start]
+    cache.trail = _Trail(sig, trail)
     images = decode(pipe, z0)
     if from_cache:
         cache.hits += 1
@@ -133,10 +152,51 @@ def _context_schedule(pipe, source, targets, rows, context_tau, n, from_cache):
         context_tau = sampling_defaults(pipe).context_tau
     window = step_window(context_tau, n, "context_tau")
     if not window.any():
-        return None
+        return None, window
     kept = context_embeddings(pipe, source, targets)[1 if from_cache else 0:]
     own = encode_prompts(pipe, rows)
-    return lambda i: kept if window[i] else own
+    return (lambda i: kept if window[i] else own), window
+
+
+def _stateless(scheduler) -> bool:
+    """Schedulers whose step depends on the timestep alone (no multistep history, no step counter)."""
+    from diffusers import DDIMScheduler
+
+    return type(scheduler) is DDIMScheduler
+
+
+def _bytes(t: torch.Tensor) -> tuple:
+    return tuple(t.shape), t.detach().cpu().float().numpy().tobytes()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Signature:
+    """What decides the target rows' computation: once per edit, and per loop step."""
+
+    fixed: tuple
+    steps: tuple
+
+    @classmethod
+    def of(cls, plan, targets, window, n):
+        fixed = (tuple(targets), tuple(plan.modes), _bytes(plan.M), _bytes(plan.keep),
+                 _bytes(plan.weights), plan.self_max_res)
+        steps = tuple((_bytes(plan.alpha[:, i]), bool(plan.self_steps[i]), bool(window[i])) for i in range(n))
+        return cls(fixed, steps)
+
+    def resume_step(self, trail) -> int:
+        """The first step whose settings differ from the trail's (0: no reuse, n: nothing new)."""
+        if trail is None or trail.sig.fixed != self.fixed or len(trail.sig.steps) != len(self.steps):
+            return 0
+        for i, (a, b) in enumerate(zip(trail.sig.steps, self.steps)):
+            if a != b:
+                return i
+        return len(self.steps)
+
+
+@dataclasses.dataclass
+class _Trail:
+    sig: _Signature
+    latents: list  # (T, C, h, w) after each step
 
 
 def context_embeddings(pipe, source: str, targets: list[str]) -> torch.Tensor:

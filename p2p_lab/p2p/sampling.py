@@ -79,10 +79,13 @@ def initial_noise(pipe, run: Run, n_rows: int, scheduler) -> torch.Tensor:
 
 
 @torch.no_grad()
-def denoise(pipe, cond, uncond, z, scheduler, run: Run, control=None, on_step=None) -> torch.Tensor:
+def denoise(pipe, cond, uncond, z, scheduler, run: Run, control=None, on_step=None, start: int = 0) -> torch.Tensor:
     """The reverse loop z_T -> z_0. ``control.step`` is set to the loop index before each UNet call;
-    ``on_step(i, z)`` may change the latents after each scheduler step."""
+    ``on_step(i, z)`` may change the latents after each scheduler step. ``start``: the loop index
+    to begin at, ``z`` being the latents before that step (for schedulers without multistep state)."""
     for i, t in enumerate(scheduler.timesteps):
+        if i < start:
+            continue
         c = cond(i) if callable(cond) else cond  # a callable: text embeddings that change by step
         emb = torch.cat([uncond.expand(len(c), -1, -1), c]) if run.cfg else c
         if control is not None:
@@ -106,7 +109,8 @@ def decode(pipe, z) -> np.ndarray:
     return (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
 
 
-def run_loop(pipe, prompts, run: Run, control=None, on_step=None, latents=None, cond=None) -> torch.Tensor:
+def run_loop(pipe, prompts, run: Run, control=None, on_step=None, latents=None, cond=None,
+             start: int = 0) -> torch.Tensor:
     """Encode (unless ``cond`` is given), draw z_T, denoise under ``control`` (installed for the
     loop only); returns z_0."""
     sch = make_scheduler(pipe, run.num_steps)
@@ -114,10 +118,10 @@ def run_loop(pipe, prompts, run: Run, control=None, on_step=None, latents=None, 
     uncond = encode_prompts(pipe, [""]) if run.cfg else None
     z = initial_noise(pipe, run, len(prompts), sch) if latents is None else latents
     if control is None:
-        return denoise(pipe, cond, uncond, z, sch, run, None, on_step)
+        return denoise(pipe, cond, uncond, z, sch, run, None, on_step, start)
     control.n_uncond = len(prompts) if run.cfg else 0
     with attention_control(pipe.unet, control):
-        return denoise(pipe, cond, uncond, z, sch, run, control, on_step)
+        return denoise(pipe, cond, uncond, z, sch, run, control, on_step, start)
 
 
 def _prompt_list(prompts) -> list[str]:
