@@ -3,8 +3,11 @@
 * overhead_ratio: ``edit(pipe, source, target)`` (source + 1 target, explicit probabilities where
   edited or recorded, the source cache filled) over plain sampling of the same two prompts with
   our own loop and the same steps; target <= 1.10.
-* cached_rerun_ratio: the same edit with another tau, reusing the source from the cache, over the
-  full edit; target <= 0.6.
+* cached_rerun_ratio: the same edit with another tau (0.5 and 0.7 in turn, a slider moved back
+  and forth), reusing the source from the cache and the targets' first steps from the last run
+  (the engine resumes at the first step whose settings changed), over the full edit; target <= 0.6.
+* cached_rerun_from_start_ratio: a re-run whose settings change every step (another reweight
+  scale in turn), so only the source branch is saved; for comparison.
 The three are timed interleaved, ``--repeats`` times each, and compared by their medians. Also
 printed: attention-store and source-cache bytes for the shipped model and, from Stable Diffusion
 v1's layer list (an SD-v1-topology UNet at 64x64 latents: 512 px), for SD v1 at 512 px.
@@ -16,6 +19,7 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import time
@@ -39,17 +43,22 @@ def speed(pipe, steps: int, repeats: int, guidance) -> dict:
     kw = dict(num_inference_steps=steps, guidance_scale=guidance)
     plain = lambda: sample(pipe, [SOURCE, TARGET], **kw)  # noqa: E731
     full = lambda: edit(pipe, SOURCE, TARGET, **kw)  # noqa: E731
-    cache = edit(pipe, SOURCE, TARGET, **kw).cache  # also warms up
-    rerun = lambda: edit(pipe, SOURCE, TARGET, cross_tau=0.5, cache=cache, **kw)  # noqa: E731
+    scrub_cache = edit(pipe, SOURCE, TARGET, **kw).cache  # also warms up
+    taus = itertools.cycle([0.5, 0.7])  # a slider moved back and forth: each re-run changes tau
+    scrub = lambda: edit(pipe, SOURCE, TARGET, cross_tau=next(taus), cache=scrub_cache, **kw)  # noqa: E731
+    other_cache = edit(pipe, SOURCE, TARGET, **kw).cache
+    scales = itertools.cycle([1.5, 2.0])  # a reweight changes every step: targets from step 0
+    other = lambda: edit(pipe, SOURCE, TARGET, reweight={"green": next(scales)}, cache=other_cache, **kw)  # noqa: E731
     plain()
-    times = {"plain": [], "edit": [], "cached": []}
+    times = {"plain": [], "edit": [], "cached": [], "cached_from_start": []}
     for _ in range(repeats):
-        for name, fn in (("plain", plain), ("edit", full), ("cached", rerun)):
+        for name, fn in (("plain", plain), ("edit", full), ("cached", scrub), ("cached_from_start", other)):
             times[name].append(_timed(fn))
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"overhead_ratio": round(med["edit"] / med["plain"], 4),
             "cached_rerun_ratio": round(med["cached"] / med["edit"], 4),
-            "seconds": {k: round(v, 4) for k, v in med.items()}, "cache_bytes": cache.nbytes}
+            "cached_rerun_from_start_ratio": round(med["cached_from_start"] / med["edit"], 4),
+            "seconds": {k: round(v, 4) for k, v in med.items()}, "cache_bytes": scrub_cache.nbytes}
 
 
 def store_bytes(layers, n_tokens: int, num_steps: int, res_choice: int) -> dict:

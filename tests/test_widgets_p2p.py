@@ -113,6 +113,19 @@ def test_per_word_tau_and_reweight_controls_reach_the_edit(ui):
     assert "edit: 'square' (reweighted)" in [ax.get_title() for ax in ui.figure.axes]
 
 
+def test_context_tau_slider_reaches_the_edit(ui, shipped_pipe):
+    from p2p_lab.model import sampling_defaults
+    from p2p_lab.p2p import edit
+
+    assert ui.settings()["context_tau"] == sampling_defaults(shipped_pipe).context_tau  # the model's
+    before = _image_data(ui.figure, 2).copy()
+    ui.context_tau.value = 0.0  # the paper's P2P
+    assert "context tau=0.00" in ui.figure.get_suptitle()
+    direct = edit(shipped_pipe, SRC, TGT, num_inference_steps=STEPS, **ui.settings())
+    np.testing.assert_allclose(_image_data(ui.figure, 2), direct.images[1], atol=1e-5)
+    assert not np.allclose(before, direct.images[1])
+
+
 def test_a_bad_setting_shows_an_error_instead_of_raising(shipped_pipe):
     from p2p_lab.widgets.p2p import make_edit_ui
 

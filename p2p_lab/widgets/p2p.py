@@ -41,10 +41,11 @@ class EditUI:
 
     def __init__(self, pipe, source: str, target: str, *, seed: int = 0,
                  num_inference_steps: int = 20, guidance_scale: float | None = None,
-                 cross_tau: float = 0.8, self_tau: float = 0.4, mode: str | None = None,
-                 alpha_words: list[str] | None = None, cache=None, fixed_image=None, dpi: int = 70):
+                 cross_tau: float = 0.8, self_tau: float = 0.4, context_tau: float | None = None,
+                 mode: str | None = None, alpha_words: list[str] | None = None, cache=None, fixed_image=None, dpi: int = 70):
         import ipywidgets as W
 
+        from ..model import sampling_defaults
         from ..p2p import words_of
 
         self.pipe, self.source, self.target, self.mode, self.dpi = pipe, source, target, mode, dpi
@@ -60,6 +61,10 @@ class EditUI:
                                        layout=_layout())
         self.self_tau = W.FloatSlider(value=self_tau, description="self tau", **_SLIDER,
                                       layout=_layout())
+        if context_tau is None:
+            context_tau = sampling_defaults(pipe).context_tau
+        self.context_tau = W.FloatSlider(value=context_tau, description="context tau", **_SLIDER,
+                                         layout=_layout())
         self.word_own = {w: W.Checkbox(value=False, description=f"own tau for '{w}'", indent=False,
                                        layout=_layout("170px")) for w in self.alpha_words}
         self.word_tau = {w: W.FloatSlider(value=cross_tau, description=f"tau['{w}']", disabled=True,
@@ -74,7 +79,7 @@ class EditUI:
         self.cache, self.fixed_image, self.result, self.figure = cache, fixed_image, None, None
         self.last_seconds, self.renders = None, 0
         self._wire()
-        self.widget = W.VBox([W.HBox([self.cross_tau, self.self_tau]),
+        self.widget = W.VBox([W.HBox([self.cross_tau, self.self_tau]), self.context_tau,
                               *[W.HBox([self.word_own[w], self.word_tau[w]]) for w in self.alpha_words],
                               W.HBox([self.reweight_word, self.reweight_scale]),
                               self.status, self.view])
@@ -82,7 +87,7 @@ class EditUI:
     # ---------------------------------------------------------------- wiring
 
     def _wire(self) -> None:
-        for w in [self.cross_tau, self.self_tau, self.reweight_word, self.reweight_scale,
+        for w in [self.cross_tau, self.self_tau, self.context_tau, self.reweight_word, self.reweight_scale,
                   *self.word_tau.values()]:
             w.observe(self._changed, names="value")
         for word, box in self.word_own.items():
@@ -105,11 +110,13 @@ class EditUI:
         cross = {"default_": self.cross_tau.value, **tau} if tau else self.cross_tau.value
         word = self.reweight_word.value
         reweight = None if word == "(none)" else {word: float(self.reweight_scale.value)}
-        return dict(cross_tau=cross, self_tau=self.self_tau.value, reweight=reweight)
+        return dict(cross_tau=cross, self_tau=self.self_tau.value, context_tau=self.context_tau.value,
+                    reweight=reweight)
 
     def title(self) -> str:
         s = self.settings()
-        parts = [f"cross tau={self.cross_tau.value:.2f}", f"self tau={s['self_tau']:.2f}"]
+        parts = [f"cross tau={self.cross_tau.value:.2f}", f"self tau={s['self_tau']:.2f}",
+                 f"context tau={s['context_tau']:.2f}"]
         parts += [f"tau['{w}']={self.word_tau[w].value:.2f}" for w in self.alpha_words
                   if self.word_own[w].value]
         if s["reweight"]:
@@ -174,11 +181,11 @@ class EditUI:
 
 
 def make_edit_ui(pipe, source: str, target: str, **kwargs) -> EditUI:
-    """Sliders for cross tau, self tau, per-word tau (alpha) and a reweight scale, and a view of
+    """Sliders for cross tau, self tau, context tau, per-word tau (alpha) and a reweight scale, and a view of
     source | fixed seed | Prompt-to-Prompt edit with the edited words' attention maps (notebook 05).
 
     Keyword options: seed, num_inference_steps (default 20), guidance_scale, cross_tau, self_tau,
-    mode ("replace" | "refine" | None), alpha_words (words that get their own tau slider;
+    context_tau (default: the model's, see ``p2p_lab.p2p.edit``), mode ("replace" | "refine" | None), alpha_words (words that get their own tau slider;
     default: the words the target adds), cache (an earlier EditResult's ``.cache`` for the same
     source, seed and steps), fixed_image (the fixed-seed baseline, if already computed).
     Display the returned object to use it.
