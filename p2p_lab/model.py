@@ -97,7 +97,7 @@ class SamplingDefaults:
     context_tau: float = 0.0
 
 
-SHAPES_DEFAULTS = SamplingDefaults(num_inference_steps=20, guidance_scale=4.0, context_tau=0.5)
+SHAPES_DEFAULTS = SamplingDefaults(num_inference_steps=20, guidance_scale=4.0, context_tau=0.0)
 SD_DEFAULTS = SamplingDefaults(num_inference_steps=50, guidance_scale=7.5, context_tau=0.0)
 
 
@@ -109,7 +109,8 @@ def is_shapes_model(pipe) -> bool:
 def sampling_defaults(pipe) -> SamplingDefaults:
     """Default steps and guidance: 20 DDIM steps at guidance 4 for the shipped model, SD's 50 / 7.5
     otherwise; and for how many steps Prompt-to-Prompt keeps the unchanged tokens' context (``context_tau``:
-    shipped model 0.5; Stable Diffusion 0, as in the paper)."""
+    0 for both, as in the paper; the shipped model was trained with decoy contexts so that it
+    reads an object from the object's own words, see ``p2p_lab.train.decoy_caption``)."""
     return SHAPES_DEFAULTS if is_shapes_model(pipe) else SD_DEFAULTS
 
 

@@ -53,7 +53,7 @@ class TrainConfig:
     ema: float = 0.999  # EMA of UNet and text encoder weights; the EMA weights are shipped
     caption_dropout: float = 0.1
     attn_loss_weight: float = 0.05  # 0 switches the auxiliary attention loss off
-    context_swap: float = 0.0  # fraction of captions whose tokens after the object words are encoded
+    context_swap: float = 0.5  # fraction of captions whose tokens after the object words are encoded
     # from a decoy caption naming another object (see decoy_caption); 0 switches it off
     checkpoint_every: int = 500
     export_every: int = 2000  # also exports to <out>/pipeline for a look while training

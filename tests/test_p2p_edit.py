@@ -97,14 +97,15 @@ def test_context_tau_feeds_the_kept_embeddings_to_the_unet(shipped_pipe):
         edit(shipped_pipe, S, T2, context_tau=1.5)
 
 
-def test_context_tau_default_comes_from_the_model(shipped_pipe, sd_like_pipe):
-    from p2p_lab.model import sampling_defaults
+def test_context_tau_default_comes_from_the_model(shipped_pipe, sd_like_pipe, monkeypatch):
+    from p2p_lab import model
 
-    assert sampling_defaults(sd_like_pipe).context_tau == 0.0  # Stable Diffusion: as in the paper
-    f = sampling_defaults(shipped_pipe).context_tau
-    assert 0.0 < f <= 1.0
-    assert close(edit(shipped_pipe, S, T2, **FAST).images,
-                 edit(shipped_pipe, S, T2, context_tau=f, **FAST).images)
+    assert model.sampling_defaults(sd_like_pipe).context_tau == 0.0  # Stable Diffusion: the paper
+    assert model.sampling_defaults(shipped_pipe).context_tau == 0.0  # trained to need no help
+    assert close(edit(shipped_pipe, S, T2, **FAST).images, edit(shipped_pipe, S, T2, context_tau=0.0, **FAST).images)
+    monkeypatch.setattr(model, "SHAPES_DEFAULTS", model.SamplingDefaults(4, 5.0, context_tau=0.5))
+    assert close(edit(shipped_pipe, S, T2, **FAST).images, edit(shipped_pipe, S, T2, context_tau=0.5, **FAST).images)
+    assert not close(edit(shipped_pipe, S, T2, **FAST).images, edit(shipped_pipe, S, T2, context_tau=0.0, **FAST).images, 1e-3)
 
 
 def _manual_attention(attn, x, ctx):
@@ -219,6 +220,7 @@ def test_tau_rerun_resumes_from_the_first_changed_step(shipped_pipe):
         (dict(cross_tau=0.5, self_tau=0.4), 5),  # alpha first differs at step 5
         (dict(cross_tau=0.5, self_tau=0.2), 2),  # the self-attention window ends at step 2 now
         (dict(cross_tau=0.5, self_tau=0.2), 10),  # nothing new: the trail's final latent
+        (dict(cross_tau=0.5, self_tau=0.2, context_tau=0.5), None),  # a context window from step 0
         (dict(cross_tau=0.5, self_tau=0.2, context_tau=0.3), 3),  # the context window ends earlier
         (dict(cross_tau=0.5, self_tau=0.2, reweight={"square": 2.0}), None),  # another A_hat: all
     ]
