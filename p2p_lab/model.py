@@ -97,7 +97,7 @@ class SamplingDefaults:
     context_tau: float = 0.0
 
 
-SHAPES_DEFAULTS = SamplingDefaults(num_inference_steps=20, guidance_scale=4.0, context_tau=0.0)
+SHAPES_DEFAULTS = SamplingDefaults(num_inference_steps=20, guidance_scale=4.0, context_tau=0.5)
 SD_DEFAULTS = SamplingDefaults(num_inference_steps=50, guidance_scale=7.5, context_tau=0.0)
 
 
@@ -109,8 +109,8 @@ def is_shapes_model(pipe) -> bool:
 def sampling_defaults(pipe) -> SamplingDefaults:
     """Default steps and guidance: 20 DDIM steps at guidance 4 for the shipped model, SD's 50 / 7.5
     otherwise; and for how many steps Prompt-to-Prompt keeps the unchanged tokens' context (``context_tau``:
-    0 for both, as in the paper; the shipped model was trained with decoy contexts so that it
-    reads an object from the object's own words, see ``p2p_lab.train.decoy_caption``)."""
+    0 for Stable Diffusion, as in the paper; 0.5 for the shipped model, which was trained with decoy
+    contexts (``p2p_lab.train.decoy_caption``) and edits best so in ``benchmarks/p2p_eval.py``)."""
     return SHAPES_DEFAULTS if is_shapes_model(pipe) else SD_DEFAULTS
 
 

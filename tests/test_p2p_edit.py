@@ -101,11 +101,12 @@ def test_context_tau_default_comes_from_the_model(shipped_pipe, sd_like_pipe, mo
     from p2p_lab import model
 
     assert model.sampling_defaults(sd_like_pipe).context_tau == 0.0  # Stable Diffusion: the paper
-    assert model.sampling_defaults(shipped_pipe).context_tau == 0.0  # trained to need no help
+    f = model.sampling_defaults(shipped_pipe).context_tau
+    assert 0.0 < f <= 1.0  # the shipped model: measured best in benchmarks/p2p_eval.py
+    assert close(edit(shipped_pipe, S, T2, **FAST).images, edit(shipped_pipe, S, T2, context_tau=f, **FAST).images)
+    monkeypatch.setattr(model, "SHAPES_DEFAULTS", model.SamplingDefaults(4, 5.0, context_tau=0.0))
     assert close(edit(shipped_pipe, S, T2, **FAST).images, edit(shipped_pipe, S, T2, context_tau=0.0, **FAST).images)
-    monkeypatch.setattr(model, "SHAPES_DEFAULTS", model.SamplingDefaults(4, 5.0, context_tau=0.5))
-    assert close(edit(shipped_pipe, S, T2, **FAST).images, edit(shipped_pipe, S, T2, context_tau=0.5, **FAST).images)
-    assert not close(edit(shipped_pipe, S, T2, **FAST).images, edit(shipped_pipe, S, T2, context_tau=0.0, **FAST).images, 1e-3)
+    assert not close(edit(shipped_pipe, S, T2, **FAST).images, edit(shipped_pipe, S, T2, context_tau=f, **FAST).images, 1e-3)
 
 
 def _manual_attention(attn, x, ctx):
@@ -213,7 +214,7 @@ def test_cached_rerun_equals_full_run(shipped_pipe):
 
 def test_tau_rerun_resumes_from_the_first_changed_step(shipped_pipe):
     kw = dict(num_inference_steps=10, guidance_scale=4.0)
-    first = edit(shipped_pipe, S, T2, cross_tau=0.8, self_tau=0.4, **kw)
+    first = edit(shipped_pipe, S, T2, cross_tau=0.8, self_tau=0.4, context_tau=0.0, **kw)
     cache = first.cache
     assert cache.resumed_at is None  # a full run
     cases = [  # (options, the loop step the re-run must resume at)
@@ -224,6 +225,8 @@ def test_tau_rerun_resumes_from_the_first_changed_step(shipped_pipe):
         (dict(cross_tau=0.5, self_tau=0.2, context_tau=0.3), 3),  # the context window ends earlier
         (dict(cross_tau=0.5, self_tau=0.2, reweight={"square": 2.0}), None),  # another A_hat: all
     ]
+    for opts, _ in cases:
+        opts.setdefault("context_tau", 0.0)
     for opts, at in cases:
         got = edit(shipped_pipe, S, T2, cache=cache, **opts, **kw)
         assert got.from_cache and cache.resumed_at == at, (opts, cache.resumed_at)
@@ -241,7 +244,7 @@ def test_no_resume_under_a_multistep_scheduler(shipped_pipe):
         first = edit(shipped_pipe, S, T2, cross_tau=0.8, **FAST)
         again = edit(shipped_pipe, S, T2, cross_tau=0.5, cache=first.cache, **FAST)
         assert again.from_cache and first.cache.resumed_at is None
-        assert close(again.images, edit(shipped_pipe, S, T2, cross_tau=0.5, **FAST).images)
+        assert close(again.images, edit(shipped_pipe, S, T2, cross_tau=0.5, **FAST).images, 1e-4)
     finally:
         shipped_pipe.scheduler = original
 
