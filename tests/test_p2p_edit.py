@@ -180,6 +180,7 @@ def test_tau_follows_the_loop_step_for_every_scheduler(cls, shipped_pipe, monkey
         return original(self, src, tgt, step)
 
     monkeypatch.setattr(EditPlan, "edit_cross", spy)
+    monkeypatch.setattr(EditPlan, "copies_source", lambda self, step: False)  # the general path, spied
     old = shipped_pipe.scheduler
     shipped_pipe.scheduler = cls.from_config(old.config)
     try:
@@ -195,6 +196,23 @@ def test_tau_follows_the_loop_step_for_every_scheduler(cls, shipped_pipe, monkey
     assert len(seen) == (n // 2) * 7  # 7 cross-attention layers in the shipped UNet, once per step
     assert sorted({k[1] for k in store.sums}) == list(range(n)) and set(store.counts.values()) == {1}
     assert n_cross == 4 and np.isfinite(res.images).all()  # 4x4: down 1, mid, up 0 (two)
+
+
+def test_copying_the_source_maps_skips_the_targets_probabilities(shipped_pipe, monkeypatch):
+    """A one-to-one swap with one tau: where alpha is 1, A_edit = A (the source's maps), so the
+    engine skips the targets' own probabilities; the result equals the general path's."""
+    plan = build_plan(shipped_pipe.tokenizer, S, [T1], mode=None, cross_tau=0.5, self_tau=0.0,
+                      reweight=None, mapper="copy", num_steps=4, self_max_res=16)
+    assert [plan.copies_source(i) for i in range(4)] == [True, True, False, False]
+    for opts, want in ((dict(reweight={"green": 2.0}), [False] * 4),  # a column scaled: not a copy
+                       (dict(cross_tau={"default_": 0.5, "green": 0.25}), [True, False, False, False])):
+        other = build_plan(shipped_pipe.tokenizer, S, [T1], mode=None, self_tau=0.0, mapper="copy",
+                           num_steps=4, self_max_res=16, **{"cross_tau": 0.5, "reweight": None, **opts})
+        assert [other.copies_source(i) for i in range(4)] == want, opts
+    fast = edit(shipped_pipe, S, [T1, T2], cross_tau=0.5, **FAST)
+    monkeypatch.setattr(EditPlan, "copies_source", lambda self, step: False)
+    general = edit(shipped_pipe, S, [T1, T2], cross_tau=0.5, **FAST)
+    assert close(fast.images, general.images)
 
 
 def test_cached_rerun_equals_full_run(shipped_pipe):

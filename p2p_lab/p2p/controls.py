@@ -42,9 +42,20 @@ class EditPlan:
         self._cross = self.alpha.any(-1).any(0).tolist()  # per step: any source map used
         self._self = self.self_steps.tolist()
         self._on = {}  # device -> (M, keep, weights, alpha) there
+        # Steps where every target takes the source's maps unchanged (identity mapper, nothing
+        # kept or reweighted, alpha 1 for every token): there A_edit = A, and the targets' own
+        # probabilities need not be computed.
+        n_tok = self.M.shape[-1]
+        plain = (torch.equal(self.M, torch.eye(n_tok).expand_as(self.M)) and not bool(self.keep.any())
+                 and bool((self.weights == 1).all()))
+        self._copy = [plain and bool((self.alpha[:, i] == 1).all()) for i in range(self.alpha.shape[1])]
 
     def cross_active(self, step: int) -> bool:
         return self._cross[step]
+
+    def copies_source(self, step: int) -> bool:
+        """True if at this step every target attends with the source's cross-attention as it is."""
+        return self._copy[step]
 
     def self_active(self, layer: LayerInfo, step: int) -> bool:
         return self._self[step] and layer.res <= self.self_max_res
@@ -181,7 +192,11 @@ class EditControl:
         s = self.step
         if self.store is not None and self.store.wants(layer, s):
             return True
-        return layer.is_cross and (self.plan.cross_active(s) or (self.blend is not None and self.blend.wants(layer, s)))
+        if not layer.is_cross:
+            return False
+        if self.blend is not None and self.blend.wants(layer, s):
+            return True
+        return self.plan.cross_active(s) and not self.plan.copies_source(s)
 
     def attention(self, layer, q, k, v, mask):
         """Conditional rows (source?, targets) -> attention outputs (rows, heads, n_query, d)."""
@@ -195,7 +210,7 @@ class EditControl:
             if self._records(layer):
                 self.cache.put(layer, self.step, src)
             out_s, (qt, kt, vt) = src.to(v.dtype) @ v[0], (q[1:], k[1:], v[1:])
-        if self.plan.self_active(layer, self.step) and not layer.is_cross:
+        if (self.plan.cross_active(self.step) if layer.is_cross else self.plan.self_active(layer, self.step)):
             out_t = src.to(v.dtype) @ vt  # (T, heads, n_q, d): the source's probabilities, the target's values
         else:
             out_t = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=None if mask is None else mask[-len(qt):])
