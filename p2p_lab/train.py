@@ -92,14 +92,12 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-_TOKEN_COUNTS: dict[tuple[int, str], int] = {}
-
-
 def _token_count(tokenizer, word: str) -> int:
-    key = (id(tokenizer), word)
-    if key not in _TOKEN_COUNTS:
-        _TOKEN_COUNTS[key] = len(tokenizer(word, add_special_tokens=False).input_ids)
-    return _TOKEN_COUNTS[key]
+    """Tokens of one word, remembered on the tokenizer (training asks for the same words often)."""
+    counts = tokenizer.__dict__.setdefault("_p2p_token_counts", {})
+    if word not in counts:
+        counts[word] = len(tokenizer(word, add_special_tokens=False).input_ids)
+    return counts[word]
 
 
 def word_groups(tokenizer, words: list[str], length: int) -> list[list[int]]:

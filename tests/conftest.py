@@ -1,4 +1,4 @@
-"""Shared fixtures: the shipped model and an SD-v1-topology model with random weights."""
+"""Shared fixtures: the shipped model, an SD-v1-topology model with random weights, one torch thread."""
 import pytest
 import torch
 
@@ -17,3 +17,13 @@ def sd_like_pipe():
     from p2p_lab.testing import sd_like_pipeline
 
     return sd_like_pipeline()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors on two busy cores: one torch thread is faster than two fighting threads.
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -20,13 +20,7 @@ T2 = "a red square on a blue background"
 FAST = dict(num_inference_steps=4, guidance_scale=5.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two busy cores: one torch thread is many times faster than two fighting threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def close(a, b, atol=1e-5):

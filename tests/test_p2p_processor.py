@@ -8,13 +8,7 @@ from p2p_lab.p2p.controls import StoreControl
 from p2p_lab.p2p.processor import P2PAttnProcessor
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two busy cores: one torch thread is many times faster than two fighting threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Idle:

@@ -117,7 +117,8 @@ def edit(pipe, source: str, targets, *, mode: str | None = None, cross_tau=0.8, 
     cond, window = _context_schedule(pipe, source, targets, rows, context_tau, n, from_cache)
     sig = _Signature.of(plan, targets, window, n)
     start, z_start = 0, None
-    if from_cache and store is None and blend is None and _stateless(pipe.scheduler):
+    resumable = _stateless(pipe.scheduler)  # only then can a later re-run start mid-way
+    if from_cache and store is None and blend is None and resumable:
         start = sig.resume_step(cache.trail)
         z_start = cache.trail.latents[start - 1] if start else None
     cache.resumed_at = start if start else None
@@ -126,7 +127,8 @@ def edit(pipe, source: str, targets, *, mode: str | None = None, cross_tau=0.8, 
 
     def on_step(i, z):
         z = hook(i, z)
-        trail[i] = (z if from_cache else z[1:]).detach().clone()
+        if resumable:
+            trail[i] = (z if from_cache else z[1:]).detach().clone()
         return z
 
     z0 = run_loop(pipe, rows, run, control, on_step, cond=cond, latents=z_start, start=start)
@@ -134,7 +136,7 @@ def edit(pipe, source: str, targets, *, mode: str | None = None, cross_tau=0.8, 
         z0 = z_start
     if start:
         trail[:start] = cache.trail.latents[:start]
-    cache.trail = _Trail(sig, trail)
+    cache.trail = _Trail(sig, trail) if resumable else None
     images = decode(pipe, z0)
     if from_cache:
         cache.hits += 1
@@ -153,8 +155,10 @@ def _context_schedule(pipe, source, targets, rows, context_tau, n, from_cache):
     window = step_window(context_tau, n, "context_tau")
     if not window.any():
         return None, window
-    kept = context_embeddings(pipe, source, targets)[1 if from_cache else 0:]
-    own = encode_prompts(pipe, rows)
+    own = encode_prompts(pipe, [source, *targets])
+    kept = context_embeddings(pipe, source, targets, own)
+    first = 1 if from_cache else 0  # rows: the targets alone when the source comes from the cache
+    own, kept = own[first:], kept[first:]
     return (lambda i: kept if window[i] else own), window
 
 
@@ -199,10 +203,11 @@ class _Trail:
     latents: list  # (T, C, h, w) after each step
 
 
-def context_embeddings(pipe, source: str, targets: list[str]) -> torch.Tensor:
+def context_embeddings(pipe, source: str, targets: list[str], emb: torch.Tensor | None = None) -> torch.Tensor:
     """Text embeddings (1 + T, L, D) of source and targets, where every target token that is the
-    same token as in the source (global alignment, as in refine) takes the source's embedding."""
-    emb = encode_prompts(pipe, [source, *targets]).clone()
+    same token as in the source (global alignment, as in refine) takes the source's embedding.
+    ``emb``: the prompts' own embeddings, if already computed (not changed)."""
+    emb = (encode_prompts(pipe, [source, *targets]) if emb is None else emb).clone()
     for k, target in enumerate(targets, 1):
         index, alphas = refine_mapper(pipe.tokenizer, source, target)
         keep = alphas.bool().to(emb.device)
