@@ -10,6 +10,8 @@ Measures, at the model's default steps and guidance (p2p_lab.model.sampling_defa
 * readable cross-attention: for the shape word and the colour word, the share of attention mass
   inside the object's mask divided by the mask's share of the image, at the finest latent
   resolution, averaged over its cross-attention layers and the steps;
+* the autoencoder: PSNR of its reconstructions of clean held-out scenes, and how often the scorer
+  reads them fully right (a ceiling on what prompt following can score);
 * the fixed-seed baseline: same seed, one word changed (shape, colour or background): how often
   an object moves (> 2 px), the object count changes, or the background changes although the edit
   did not name it.
@@ -97,6 +99,28 @@ def attention_readability(pipe, defaults, n=60):
             "color_word_ratio": float(np.mean(ratios["color"]))}
 
 
+@torch.no_grad()
+def autoencoder(pipe, n=1000):
+    """Encode (posterior mean) and decode n held-out scenes: PSNR, and what the scorer reads back."""
+    from p2p_lab.train import images_to_tensor
+
+    rng = np.random.default_rng(987654)  # not the training scenes' seed
+    scenes = [shapes.sample_scene(rng) for _ in range(n)]
+    x = images_to_tensor(np.stack([shapes.render(s)[0] for s in scenes]))
+    vae = pipe.vae
+    rec = torch.cat([vae.decode(vae.encode(x[i:i + 200]).latent_dist.mean).sample.clamp(-1, 1)
+                     for i in range(0, n, 200)])
+    psnr = -10 * torch.log10(((rec - x) / 2).pow(2).flatten(1).mean(1))
+    images = ((rec + 1) / 2).permute(0, 2, 3, 1).numpy()
+    right = []
+    for scene, img in zip(scenes, images):
+        r, o = shapes.read_image(img), scene.objects[0]
+        right.append(len(r.objects) == 1 and (r.objects[0].shape, r.objects[0].color, r.background)
+                     == (o.shape, o.color, scene.background))
+    return {"n": n, "psnr_db_mean": float(psnr.mean()), "psnr_db_min": float(psnr.min()),
+            "read_right": float(np.mean(right))}
+
+
 def fixed_seed_baseline(pipe, defaults, n=60):
     """Same seed, one word changed: how often does the composition change beyond the edit?"""
     rng = np.random.default_rng(1)
@@ -147,6 +171,8 @@ def main():
     print("prompt following:", result["prompt_following"])
     result["attention"] = attention_readability(pipe, d, 12 if args.quick else 60)
     print("attention readability:", result["attention"])
+    result["autoencoder"] = autoencoder(pipe, 100 if args.quick else 1000)
+    print("autoencoder (clean scenes):", result["autoencoder"])
     result["fixed_seed_baseline"] = fixed_seed_baseline(pipe, d, 12 if args.quick else 60)
     print("fixed-seed baseline:", result["fixed_seed_baseline"])
     print(json.dumps(result))

@@ -146,7 +146,7 @@ def test_cross_attention_edit_math(shipped_pipe):
         edited = alpha * ((A[0] @ M) * w) + (1 - alpha) * A[1]
         assert torch.allclose(out[1], _out(attn, edited[None], v[1:])[0], atol=1e-5)
         assert torch.allclose(out[0], _out(attn, A[:1], v[:1])[0], atol=1e-5)  # source untouched
-        assert ("x", 0) in cache.probs
+        assert ("x", 0) in cache.qk
 
 
 def test_self_attention_edit_uses_the_source_probabilities(shipped_pipe):
@@ -175,6 +175,7 @@ def test_tau_follows_the_loop_step_for_every_scheduler(cls, shipped_pipe, monkey
 
     monkeypatch.setattr(EditPlan, "edit_cross", spy)
     monkeypatch.setattr(EditPlan, "copies_source", lambda self, step: False)  # the general path, spied
+    monkeypatch.setattr(EditControl, "fused", False)  # explicit probabilities everywhere
     old = shipped_pipe.scheduler
     shipped_pipe.scheduler = cls.from_config(old.config)
     try:
@@ -192,9 +193,10 @@ def test_tau_follows_the_loop_step_for_every_scheduler(cls, shipped_pipe, monkey
     assert n_cross == 4 and np.isfinite(res.images).all()  # 4x4: down 1, mid, up 0 (two)
 
 
-def test_copying_the_source_maps_skips_the_targets_probabilities(shipped_pipe, monkeypatch):
+def test_copying_the_source_maps_takes_the_shortcut(shipped_pipe, monkeypatch):
     """A one-to-one swap with one tau: where alpha is 1, A_edit = A (the source's maps), so the
-    engine skips the targets' own probabilities; the result equals the general path's."""
+    targets attend with the source's queries and keys and their own values, with no value map
+    (P = I) and no own part (c = 0); the result equals the general value map's."""
     plan = build_plan(shipped_pipe.tokenizer, S, [T1], mode=None, cross_tau=0.5, self_tau=0.0,
                       reweight=None, mapper="copy", num_steps=4, self_max_res=16)
     assert [plan.copies_source(i) for i in range(4)] == [True, True, False, False]
@@ -207,6 +209,31 @@ def test_copying_the_source_maps_skips_the_targets_probabilities(shipped_pipe, m
     monkeypatch.setattr(EditPlan, "copies_source", lambda self, step: False)
     general = edit(shipped_pipe, S, [T1, T2], cross_tau=0.5, **FAST)
     assert close(fast.images, general.images)
+
+
+@pytest.mark.parametrize("name", ["shipped_pipe", "sd_like_pipe"])
+def test_fused_attention_equals_the_explicit_probabilities(name, request, monkeypatch):
+    """Every edit computed on the values with fused attention (no probabilities) gives what the
+    explicit probabilities give: replace (one token -> two, averaged), refine, a negative
+    reweight, per-word tau, a self-attention window, context tau; fresh and from the cache."""
+    pipe = request.getfixturevalue(name)
+    targets = [T1, "a red turquoise circle on a blue background", "a red big square on a blue background"]
+    opts = dict(cross_tau={"default_": 0.75, "green": (0.25, 0.5)}, self_tau=(0.0, 0.5),
+                reweight={"circle": -0.5, "square": 2.0}, mapper="average", context_tau=0.25,
+                num_inference_steps=4, guidance_scale=5.0)
+    replace = dict(opts, mode="replace", cross_tau={"default_": 0.75, "turquoise": (0.25, 0.5)},
+                   reweight={"turquoise": -0.5})
+    runs = {}
+    for fused in (True, False):
+        monkeypatch.setattr(EditControl, "fused", fused)
+        first = edit(pipe, S, targets, **opts)  # refine for the two longer targets
+        swap = edit(pipe, S, ["a turquoise circle on a blue background"], **replace)
+        rerun = edit(pipe, S, targets, cache=first.cache, **dict(opts, cross_tau=0.5))
+        assert rerun.from_cache and rerun.cache.resumed_at is None  # a full target run, from the cache
+        runs[fused] = (first.images, swap.images, rerun.images)
+    for a, b in zip(runs[True], runs[False]):
+        assert close(a, b, 1e-4)
+    assert not close(runs[True][0][1], runs[True][0][0], 1e-2)  # the edits did something
 
 
 def test_cached_rerun_equals_full_run(shipped_pipe):

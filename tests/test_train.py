@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from p2p_lab.__main__ import main as cli
 from p2p_lab.train import TrainConfig, attention_loss
 
-TINY = ["--n-scenes", "64", "--vae-steps", "2", "--vae-batch", "4", "--batch", "4",
+TINY = ["--n-scenes", "64", "--vae-steps", "2", "--vae-batch", "4", "--batch", "4", "--decoder-steps", "2",
+        "--decoder-batch", "4",
         "--checkpoint-every", "2", "--export-every", "100", "--no-progress", "--warmup", "2"]
 
 
@@ -38,6 +39,29 @@ def test_training_runs_exports_and_resumes_exactly(tmp_path):
     img = pipe("a red circle", num_inference_steps=2, output_type="np",
                generator=torch.Generator().manual_seed(0)).images
     assert img.shape == (1, 32, 32, 3)
+
+
+def test_decoder_finetune_keeps_the_encoder_and_resumes_exactly(tmp_path):
+    def train(name, decoder_steps):
+        out = tmp_path / name
+        args = ["train", "--out", str(out), "--export", str(out / "export"), "--steps", "2", *TINY]
+        args[args.index("--decoder-steps") + 1] = str(decoder_steps)
+        assert cli(args) == 0
+        return out
+
+    straight = train("a", 4)
+    train("b", 2)
+    resumed = train("b", 4)  # the VAE and UNet stages are done: only the decoder goes on, from step 2
+    assert json.loads((resumed / "decoder" / "state.json").read_text())["step"] == 4
+    vae_stage = load_file(str(straight / "vae" / "vae.safetensors"))
+    shipped = load_file(str(straight / "export" / "vae" / "diffusion_pytorch_model.safetensors"))
+    again = load_file(str(resumed / "export" / "vae" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(shipped[k], again[k]) for k in shipped)
+    frozen = [k for k in shipped if k.startswith(("encoder.", "quant_conv."))]
+    tuned = [k for k in shipped if k.startswith(("decoder.", "post_quant_conv."))]
+    assert frozen and tuned and len(frozen) + len(tuned) == len(shipped)
+    assert all(torch.equal(shipped[k], vae_stage[k]) for k in frozen)  # latents unchanged: the UNet stays valid
+    assert not all(torch.equal(shipped[k], vae_stage[k]) for k in tuned)
 
 
 def test_unknown_option_is_refused(capsys):

@@ -2,7 +2,9 @@
 
 Taught in notebook 05 (scrubbing tau re-runs only the targets). A SourceCache belongs to one
 source prompt, seed, step count, guidance scale, scheduler, latent size and UNet. It holds the
-source's per-head probabilities (float32) for (layer, step) pairs and its latent after every step.
+source's per-head queries and keys (not the probabilities: for SD's 64x64 self-attention they are
+4096 x 40 numbers per head instead of 4096 x 4096) for (layer, step) pairs and its latent after
+every step; the engine attends with them directly (see :class:`~p2p_lab.p2p.controls.EditControl`).
 When everything an edit could ask for fits in ``budget_bytes`` it records every cross-attention
 layer and every self-attention layer the edit may replace at every step, so later calls with
 another tau, alpha, reweighting, blend or target reuse it; otherwise only what the first edit
@@ -45,7 +47,7 @@ class SourceCache:
     layers: list[LayerInfo]
     self_max_res: int
     record_all: bool = True
-    probs: dict = dataclasses.field(default_factory=dict, repr=False)  # (layer, step) -> (heads, q, k)
+    qk: dict = dataclasses.field(default_factory=dict, repr=False)  # (layer, step) -> (q, k, mask)
     latents: list = dataclasses.field(default_factory=list, repr=False)  # (1, C, h, w) after each step
     image: np.ndarray | None = dataclasses.field(default=None, repr=False)  # (H, W, 3)
     hits: int = 0  # how many edits reused it
@@ -58,17 +60,19 @@ class SourceCache:
         """Does the record-everything policy keep this layer?"""
         return self.record_all and (layer.is_cross or layer.res <= self.self_max_res)
 
-    def put(self, layer: LayerInfo, step: int, probs: torch.Tensor) -> None:
-        self.probs[(layer.name, step)] = probs.detach()
+    def put(self, layer: LayerInfo, step: int, qk: tuple) -> None:
+        """The source's (q (1, heads, n_q, d), k (1, heads, n_k, d), mask or None), copied (a
+        row of the batch would keep the whole batch alive)."""
+        self.qk[(layer.name, step)] = tuple(None if t is None else t.detach().clone() for t in qk)
 
-    def get(self, layer: LayerInfo, step: int) -> torch.Tensor:
-        return self.probs[(layer.name, step)]
+    def get(self, layer: LayerInfo, step: int) -> tuple:
+        return self.qk[(layer.name, step)]
 
     def covers(self, needs_source) -> bool:
         """True if every (layer, step) with ``needs_source(layer, step)`` is recorded."""
         if len(self.latents) != self.key.loop_steps or self.image is None:
             return False
-        return all((l.name, s) in self.probs for s in range(self.key.loop_steps)
+        return all((l.name, s) in self.qk for s in range(self.key.loop_steps)
                    for l in self.layers if needs_source(l, s))
 
     def check_key(self, key: RunKey) -> None:
@@ -78,22 +82,23 @@ class SourceCache:
                              f"pass cache=None or use the same source, seed, steps, guidance and scheduler")
 
     def clear(self) -> None:
-        self.probs.clear(), self.latents.clear()
+        self.qk.clear(), self.latents.clear()
         self.image = self.trail = None
 
     @property
     def nbytes(self) -> int:
-        ts = list(self.probs.values()) + list(self.latents) + (list(self.trail.latents) if self.trail else [])
+        ts = [t for qk in self.qk.values() for t in qk if t is not None] + list(self.latents) + (list(self.trail.latents) if self.trail else [])
         return sum(t.numel() * t.element_size() for t in ts)
 
     @staticmethod
-    def estimate_nbytes(layers: list[LayerInfo], n_tokens: int, num_steps: int, self_max_res: int) -> int:
-        """Bytes of the record-everything policy (float32 per-head probabilities)."""
+    def estimate_nbytes(layers: list[LayerInfo], n_tokens: int, num_steps: int, self_max_res: int,
+                        element_size: int = 4) -> int:
+        """Bytes of the record-everything policy (the source's queries and keys)."""
         per_step = 0
         for l in layers:
             n_q = l.resolution[0] * l.resolution[1]
             if l.is_cross:
-                per_step += l.heads * n_q * n_tokens
+                per_step += l.heads * l.head_dim * (n_q + n_tokens)
             elif l.res <= self_max_res:
-                per_step += l.heads * n_q * n_q
-        return per_step * num_steps * 4
+                per_step += l.heads * l.head_dim * 2 * n_q
+        return per_step * num_steps * element_size

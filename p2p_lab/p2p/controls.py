@@ -42,6 +42,7 @@ class EditPlan:
         self._cross = self.alpha.any(-1).any(0).tolist()  # per step: any source map used
         self._self = self.self_steps.tolist()
         self._on = {}  # device -> (M, keep, weights, alpha) there
+        self._values = {}  # (step, device) -> value_maps
         # Steps where every target takes the source's maps unchanged (identity mapper, nothing
         # kept or reweighted, alpha 1 for every token): there A_edit = A, and the targets' own
         # probabilities need not be computed.
@@ -73,6 +74,24 @@ class EditPlan:
         hat = hat * w[:, None, None, :]
         a = alpha[:, None, None, :]  # (T, 1, 1, L)
         return a * hat + (1 - a) * tgt
+
+    def value_maps(self, step: int, device):
+        """The edit of ``edit_cross`` moved onto the values, so that no probabilities are needed.
+
+        A_edit is linear in A and A*, column by column:
+        A_edit = A (M diag(alpha w)) + A* diag(c),  c = alpha keep w + 1 - alpha,
+        so A_edit V = A (P V) + A* (c V) with P = M diag(alpha w): two fused attention calls, the
+        first with the source's queries and keys. Returns (P or None for the identity, c or None
+        where c is 0 for every token), each on ``device``.
+        """
+        key = (step, device)
+        if key not in self._values:
+            M, keep, w, alpha = self._tensors(device)
+            a = alpha[:, step]  # (T, L)
+            P = None if self.copies_source(step) else M * (a * w)[:, None, :]  # (T, L, L)
+            c = a * keep * w + 1 - a  # (T, L)
+            self._values[key] = (P, None if bool((c == 0).all()) else c)
+        return self._values[key]
 
 
 def resolve_mode(tokenizer, source: str, target: str, mode: str | None) -> str:
@@ -167,15 +186,26 @@ class StoreControl:
 
 
 class EditControl:
-    """Source row + target rows (or target rows with the source's maps from a SourceCache)."""
+    """Source row + target rows (or target rows with the source's queries and keys from a SourceCache).
+
+    Wherever nothing asks for the probabilities themselves (no attention store, no local blend at
+    this layer and step), every edit is computed with torch's fused attention: a target that
+    attends with the source's probabilities A = softmax(Q K^T / sqrt(d)) is attention with the
+    source's queries and keys and the target's values (see ``EditPlan.value_maps`` for replace,
+    refine, reweight and alpha). Otherwise the probabilities are computed explicitly (``attend``).
+    Setting ``fused = False`` forces the explicit path everywhere (the reference in the tests).
+    """
+
+    fused = True
 
     def __init__(self, plan: EditPlan, cache, from_cache: bool, store, blend, latent_hw, n_uncond):
         self.plan, self.cache, self.from_cache = plan, cache, from_cache
         self.store, self.blend = store, blend
         self.latent_hw, self.n_uncond, self.step = latent_hw, n_uncond, 0
+        self._src = None  # the source's (q, k, mask) at the layer being computed
 
     def needs_source(self, layer: LayerInfo, step: int) -> bool:
-        """Does anything at this layer and step need the source's probabilities?"""
+        """Does anything at this layer and step need the source's attention?"""
         if self.store is not None and self.store.wants(layer, step):
             return True
         if layer.is_cross:
@@ -192,39 +222,62 @@ class EditControl:
         s = self.step
         if self.store is not None and self.store.wants(layer, s):
             return True
-        if not layer.is_cross:
-            return False
-        if self.blend is not None and self.blend.wants(layer, s):
-            return True
-        return self.plan.cross_active(s) and not self.plan.copies_source(s)
+        return layer.is_cross and self.blend is not None and self.blend.wants(layer, s)
+
+    def _source(self, layer, q, k, mask, u: int):
+        """The source's (q, k, mask) at this layer and step (row ``u``, or the cache); recorded."""
+        if self.from_cache:
+            self._src = tuple(None if t is None else t.to(q.device) for t in self.cache.get(layer, self.step))
+        else:
+            self._src = (q[u:u + 1], k[u:u + 1], None if mask is None else mask[u:u + 1])
+            if self._records(layer):
+                self.cache.put(layer, self.step, self._src)
+        return self._src
+
+    def attention_batch(self, layer, q, k, v, mask):
+        """Every row of the batch (unconditional, then source?, targets) with fused attention, or
+        None where the explicit probabilities are needed (the processor then calls ``attention``)."""
+        if not self.fused or self._targets_need_probs(layer):
+            return None
+        u, s = self.n_uncond, self.step
+        qs, ks, ms = self._source(layer, q, k, mask, u)
+        head = u if self.from_cache else u + 1  # rows attended as usual: unconditional, source
+        vt = v[head:]
+        n_t = len(vt)
+        if layer.is_cross and self.plan.cross_active(s):
+            P, c = self.plan.value_maps(s, v.device)
+            through_src = vt if P is None else torch.einsum("tij,thjd->thid", P.to(v.dtype), vt)
+            own = None if c is None else vt * c.to(v.dtype)[:, None, :, None]
+        elif not layer.is_cross and self.plan.self_active(layer, s):
+            through_src, own = vt, None
+        else:  # nothing edited here
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        # one fused call: [rows as usual] + [targets through the source's q, k] + [targets' own part]
+        expand = lambda t: None if t is None else t.expand(n_t, *t.shape[1:])  # noqa: E731
+        parts = [(q[:head], k[:head], v[:head], None if mask is None else mask[:head]),
+                 (expand(qs), expand(ks), through_src, expand(ms))]
+        if own is not None:
+            parts.append((q[head:], k[head:], own, None if mask is None else mask[head:]))
+        qq, kk, vv, mm = zip(*parts)
+        out = F.scaled_dot_product_attention(torch.cat(qq), torch.cat(kk), torch.cat(vv),
+                                             attn_mask=None if mask is None else torch.cat(mm))
+        if own is None:
+            return out
+        return torch.cat([out[:head], out[head:head + n_t] + out[head + n_t:]])
 
     def attention(self, layer, q, k, v, mask):
-        """Conditional rows (source?, targets) -> attention outputs (rows, heads, n_query, d)."""
-        if self._targets_need_probs(layer):
-            return attend_all(self, layer, q, k, v, mask)
-        # only the source's probabilities are needed (to record, or to replace self-attention)
-        if self.from_cache:
-            src, out_s, (qt, kt, vt) = self.cache.get(layer, self.step).to(q.device), None, (q, k, v)
-        else:
-            src = attention_probs(q[:1], k[:1], None if mask is None else mask[:1])[0]  # (heads, n_q, n_k)
-            if self._records(layer):
-                self.cache.put(layer, self.step, src)
-            out_s, (qt, kt, vt) = src.to(v.dtype) @ v[0], (q[1:], k[1:], v[1:])
-        if (self.plan.cross_active(self.step) if layer.is_cross else self.plan.self_active(layer, self.step)):
-            out_t = src.to(v.dtype) @ vt  # (T, heads, n_q, d): the source's probabilities, the target's values
-        else:
-            out_t = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=None if mask is None else mask[-len(qt):])
-        return out_t if out_s is None else torch.cat([out_s[None], out_t])
+        """Conditional rows (source?, targets) -> outputs (rows, heads, n_query, d), through the
+        explicit probabilities (``attend``)."""
+        self._source(layer, q, k, mask, 0)
+        return attend_all(self, layer, q, k, v, mask)
 
     def attend(self, layer, probs):
         """probs (rows, heads, q, k) float32 -> the probabilities the rows attend with."""
         s = self.step
         if self.from_cache:
-            src, tgt = self.cache.get(layer, s).to(probs.device), probs
+            src, tgt = attention_probs(*self._src)[0], probs
         else:
             src, tgt = probs[0], probs[1:]
-            if self._records(layer):
-                self.cache.put(layer, s, src)
         if layer.is_cross and self.plan.cross_active(s):
             tgt = self.plan.edit_cross(src, tgt, s)
         elif not layer.is_cross and self.plan.self_active(layer, s):

@@ -56,7 +56,8 @@ def _source_cache(pipe, key, layers, cache, self_max_res, n_steps) -> SourceCach
             raise TypeError(f"cache must be a SourceCache (an EditResult's .cache), got {type(cache).__name__}")
         cache.check_key(key)
         return cache
-    est = SourceCache.estimate_nbytes(layers, pipe.tokenizer.model_max_length, n_steps, self_max_res)
+    size = next(pipe.unet.parameters()).element_size()
+    est = SourceCache.estimate_nbytes(layers, pipe.tokenizer.model_max_length, n_steps, self_max_res, size)
     return SourceCache(key, layers, self_max_res, record_all=est <= CACHE_BUDGET_BYTES)
 
 

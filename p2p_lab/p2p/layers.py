@@ -20,6 +20,7 @@ class LayerInfo:
     heads: int
     is_cross: bool
     resolution: tuple[int, int] | None = None  # (rows, cols) of the layer's query grid
+    head_dim: int | None = None  # channels per head of the queries and keys
 
     @property
     def kind(self) -> str:
@@ -48,7 +49,8 @@ def static_layers(unet) -> dict[str, LayerInfo]:
     out = {}
     for name, module in unet.named_modules():
         if isinstance(module, Attention):
-            out[name] = LayerInfo(name, place_of(name), module.heads, module.is_cross_attention)
+            out[name] = LayerInfo(name, place_of(name), module.heads, module.is_cross_attention,
+                                  head_dim=module.inner_dim // module.heads)
     return out
 
 

@@ -1,17 +1,20 @@
-"""The attention processor that lets Prompt-to-Prompt see and change attention probabilities.
+"""The attention processor that lets Prompt-to-Prompt see and change attention.
 
 Taught in notebook 05. It is installed with diffusers' own ``unet.set_attn_processor`` inside
 :func:`attention_control`, which puts the original processors back afterwards, even on error.
-A layer computes the probabilities A = softmax(Q K^T / sqrt(d)) explicitly (in float32, also
-under fp16) only when the active *control* asks for them at this layer and step; everywhere else
-it calls torch's fused ``scaled_dot_product_attention``, exactly like diffusers' default
-``AttnProcessor2_0``. Only the conditional half of a classifier-free-guidance batch is ever
-handed to the control; the unconditional half is never edited.
+Where the active *control* is not interested in a layer at this step, the layer calls torch's fused
+``scaled_dot_product_attention``, exactly like diffusers' default ``AttnProcessor2_0``. Where it
+is, the control may compute the whole batch itself with fused attention (``attention_batch``: an
+edit moved onto the queries, keys and values, see :class:`~p2p_lab.p2p.controls.EditControl`), or
+return None; then the probabilities A = softmax(Q K^T / sqrt(d)) are computed explicitly (in
+float32, also under fp16) for the conditional half of a classifier-free-guidance batch. The
+unconditional half is never edited.
 
 A control is any object with ``n_uncond`` (rows of the unconditional half, 0 without guidance),
 ``latent_hw``, ``wants(layer) -> bool`` and ``attention(layer, q, k, v, mask) -> out`` for the
 conditional rows (:func:`attend_all` computes every row's probabilities and passes them through
-``control.attend(layer, probs) -> probs``).
+``control.attend(layer, probs) -> probs``), and optionally ``attention_batch(layer, q, k, v, mask)
+-> out or None`` for every row.
 """
 from __future__ import annotations
 
@@ -50,7 +53,10 @@ class P2PAttnProcessor:
         q, k, v, mask = _project(attn, hidden_states, encoder_hidden_states, attention_mask)
         layer = self.layer_at(q.shape[2], self.control.latent_hw)
         if self.control.wants(layer):
-            out = _explicit_attention(q, k, v, mask, layer, self.control)
+            batch_fn = getattr(self.control, "attention_batch", None)
+            out = None if batch_fn is None else batch_fn(layer, q, k, v, mask)
+            if out is None:
+                out = _explicit_attention(q, k, v, mask, layer, self.control)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0)
         b, heads, n_query, head_dim = out.shape
