@@ -1,7 +1,7 @@
 """What Prompt-to-Prompt costs: an edit against plain sampling, a cached re-run against a full edit.
 
-* overhead_ratio: ``edit(pipe, source, target)`` (source + 1 target, explicit probabilities where
-  edited or recorded, the source cache filled) over plain sampling of the same two prompts with
+* overhead_ratio: ``edit(pipe, source, target)`` (source + 1 target at the engine's defaults, the
+  edits computed with fused attention, the source cache filled) over plain sampling of the same two prompts with
   our own loop and the same steps; target <= 1.10.
 * cached_rerun_ratio: the same edit with another tau (0.5 and 0.7 in turn, a slider moved back
   and forth), reusing the source from the cache and the targets' first steps from the last run

@@ -45,7 +45,7 @@ class TrainConfig:
     vae_batch: int = 16  # small batches: more updates per CPU second on this simple world
     vae_lr: float = 1e-3  # 100-step warm-up, constant, linear decay to 0 over the last 1000 steps
     kl_weight: float = 1e-6  # on the summed KL per image
-    decoder_steps: int = 4000  # last stage: the decoder alone, encoder frozen (see finetune_decoder)
+    decoder_steps: int = 6000  # last stage: the decoder alone, encoder frozen (see finetune_decoder)
     decoder_batch: int = 32
     decoder_lr: float = 3e-4  # 100-step warm-up, constant, linear decay to 0 over the last 30 %
     steps: int = 5000  # UNet + text encoder steps
