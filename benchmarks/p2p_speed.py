@@ -8,11 +8,13 @@
   (the engine resumes at the first step whose settings changed), over the full edit; target <= 0.6.
 * cached_rerun_from_start_ratio: a re-run whose settings change every step (another reweight
   scale in turn), so only the source branch is saved; for comparison.
-The three are timed interleaved, ``--repeats`` times each, and compared by their medians. Also
+The four are timed interleaved (in a rotating order), ``--repeats`` times each; each ratio is the
+median of the ratios of neighbouring runs (this machine's speed drifts by 10-20 % within minutes,
+and pairs cancel most of it); ``overhead_ratio_spread`` gives the quartiles of the edit/plain pairs. Also
 printed: attention-store and source-cache bytes for the shipped model and, from Stable Diffusion
 v1's layer list (an SD-v1-topology UNet at 64x64 latents: 512 px), for SD v1 at 512 px.
 
-    python benchmarks/p2p_speed.py [--steps 25] [--repeats 7] [--quick]
+    python benchmarks/p2p_speed.py [--steps 25] [--repeats 15] [--threads N] [--quick]
 
 The last line printed is one JSON object.
 """
@@ -50,15 +52,24 @@ def speed(pipe, steps: int, repeats: int, guidance) -> dict:
     scales = itertools.cycle([1.5, 2.0])  # a reweight changes every step: targets from step 0
     other = lambda: edit(pipe, SOURCE, TARGET, reweight={"green": next(scales)}, cache=other_cache, **kw)  # noqa: E731
     plain()
-    times = {"plain": [], "edit": [], "cached": [], "cached_from_start": []}
-    for _ in range(repeats):
-        for name, fn in (("plain", plain), ("edit", full), ("cached", scrub), ("cached_from_start", other)):
-            times[name].append(_timed(fn))
+    names = ("plain", "edit", "cached", "cached_from_start")
+    fns = dict(zip(names, (plain, full, scrub, other)))
+    times = {k: [] for k in names}
+    for r in range(repeats):  # the order rotates, so no method always runs first
+        for name in names[r % 4:] + names[:r % 4]:
+            times[name].append(_timed(fns[name]))
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"overhead_ratio": round(med["edit"] / med["plain"], 4),
-            "cached_rerun_ratio": round(med["cached"] / med["edit"], 4),
-            "cached_rerun_from_start_ratio": round(med["cached_from_start"] / med["edit"], 4),
+    paired = lambda a, b: statistics.median(x / y for x, y in zip(times[a], times[b]))  # noqa: E731
+    return {"overhead_ratio": round(paired("edit", "plain"), 4),
+            "cached_rerun_ratio": round(paired("cached", "edit"), 4),
+            "cached_rerun_from_start_ratio": round(paired("cached_from_start", "edit"), 4),
+            "overhead_ratio_spread": [round(q, 4) for q in _quartiles([x / y for x, y in zip(times["edit"], times["plain"])])],
             "seconds": {k: round(v, 4) for k, v in med.items()}, "cache_bytes": scrub_cache.nbytes}
+
+
+def _quartiles(xs) -> tuple:
+    q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
+    return q[0], q[2]
 
 
 def store_bytes(layers, n_tokens: int, num_steps: int, res_choice: int) -> dict:
@@ -84,7 +95,7 @@ def sd_v1_bytes() -> dict:
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--model", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -112,7 +123,8 @@ def main(argv=None, pipe=None) -> dict:
         result["store_bytes"]["sd_v1_512px"] = sd_v1_bytes()
     result["settings"] = {"steps": args.steps, "repeats": args.repeats, "guidance": args.guidance,
                           "device": str(next(pipe.unet.parameters()).device), "threads": torch.get_num_threads()}
-    print(f"edit / plain sampling: {result['overhead_ratio']:.3f}   cached re-run / edit: "
+    print(f"edit / plain sampling: {result['overhead_ratio']:.3f} (quartiles {result['overhead_ratio_spread']})"
+          f"   cached re-run / edit: "
           f"{result['cached_rerun_ratio']:.3f}   medians (s): {result['seconds']}")
     for name, b in result["store_bytes"].items():
         print(f"attention store, one prompt, {name}: " + ", ".join(f"{k} {v / 2**20:.2f} MiB" for k, v in b.items()
