@@ -8,6 +8,7 @@ test file (fast to start), one against the real 01_attention hidden tests.
 import json
 import operator
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -382,6 +383,26 @@ def test_grade_cli_on_a_directory(hostile, tmp_path, capsys):
     assert (one["score"], two["score"]) == (4.0, 1.0)
     assert "4 / 4" in capsys.readouterr().out
     assert main(["grade", str(tmp_path / "missing.ipynb")]) == 2
+
+
+def test_parallel_grading_splits_the_cores(monkeypatch):
+    """jobs > 1: each grading process gets cores // jobs torch threads (unless the caller set them),
+    and the setting ends with the call."""
+    seen = []
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(grading.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(grading, "_grade_to", lambda nb, out, hidden, limits: seen.append(
+        grading._child_env().get("OMP_NUM_THREADS")) or {})
+    folder = Path(tempfile.mkdtemp())
+    for name in ("a.ipynb", "b.ipynb"):
+        (folder / name).write_text("{}")
+    grading.grade(folder, folder / "out", jobs=2)
+    assert seen == ["2", "2"] and grading._CHILD_THREADS is None
+    grading.grade(folder, folder / "out", jobs=1)
+    assert seen[2:] == [None, None]
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    grading.grade(folder, folder / "out", jobs=2)
+    assert seen[4:] == ["3", "3"]
 
 
 def test_child_entry_point_is_importable_without_side_effects():
