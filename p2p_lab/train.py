@@ -1,13 +1,15 @@
 """Training the shipped model: ``python -m p2p_lab train`` (course part 6, "beyond the slides").
 
-Three stages, each resumable from the checkpoints in ``TrainConfig.out`` (kept outside git):
+Four stages, each resumable from the checkpoints in ``TrainConfig.out`` (kept outside git):
 
 1. the autoencoder (``AutoencoderKL``) on rendered shapes-world images, then frozen;
 2. the whole dataset encoded once into latent means and standard deviations;
 3. Algorithm 1 of DDPM on latents: t ~ U{0..999}, eps ~ N(0, I), z_t = sqrt(abar_t) z_0 +
    sqrt(1 - abar_t) eps, loss ||eps - eps_theta(z_t, t, c)||^2, with the text encoder trained
    jointly with the UNet and the caption dropped (replaced by "") 10% of the time so that
-   classifier-free guidance works.
+   classifier-free guidance works;
+4. the decoder alone, on latents from the frozen encoder (``finetune_decoder``): sharper pictures,
+   and the UNet's latents stay valid.
 
 One addition the course states plainly wherever it shows attention maps: an auxiliary per-pixel
 cross-attention loss (``attn_loss_weight``) pushes latent pixels inside the object to attend to the
