@@ -112,11 +112,7 @@ def autoencoder(pipe, n=1000):
                      for i in range(0, n, 200)])
     psnr = -10 * torch.log10(((rec - x) / 2).pow(2).flatten(1).mean(1))
     images = ((rec + 1) / 2).permute(0, 2, 3, 1).numpy()
-    right = []
-    for scene, img in zip(scenes, images):
-        r, o = shapes.read_image(img), scene.objects[0]
-        right.append(len(r.objects) == 1 and (r.objects[0].shape, r.objects[0].color, r.background)
-                     == (o.shape, o.color, scene.background))
+    right = [shapes.score_caption(img, shapes.caption(scene))["all"] for scene, img in zip(scenes, images)]
     return {"n": n, "psnr_db_mean": float(psnr.mean()), "psnr_db_min": float(psnr.min()),
             "read_right": float(np.mean(right))}
 

@@ -397,6 +397,9 @@ class Limits:
     output_chars: int = 20_000  # kept per cell / per question / for the child's raw output
     attempts: int = 4  # reruns after a cell or a test kills or hangs the grading process
     memory_gb: float | None = None  # address-space limit of the grading process (None: none)
+    threads: int | None = None  # torch threads of the grading process (None: torch's choice);
+    # ``grade`` with jobs > 1 sets cores // jobs: two notebooks graded side by side with 2 threads
+    # each on 2 cores spun for over 10 minutes, against 97 s with 1 thread each
 
 
 def _load_json_nb(path: Path):
@@ -541,15 +544,11 @@ def _collect(events, remaining, questions, results: dict, cap: int) -> None:
                                      spec["points"], str(r.get("output", ""))[:cap])
 
 
-_CHILD_THREADS: int | None = None  # torch threads per grading process (set by ``grade`` for jobs > 1)
-
-
-def _child_env() -> dict:
+def _child_env(threads: int | None = None) -> dict:
     env = dict(os.environ)
-    if _CHILD_THREADS:  # notebooks graded side by side share the cores: more threads than cores
-        env.setdefault("OMP_NUM_THREADS", str(_CHILD_THREADS))  # makes torch spin: two notebooks
-        # graded side by side took over 10 minutes with 2 threads each on 2 cores, 97 s with 1
-        env.setdefault("MKL_NUM_THREADS", str(_CHILD_THREADS))
+    if threads:  # the caller's own OMP_NUM_THREADS / MKL_NUM_THREADS win
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+        env.setdefault("MKL_NUM_THREADS", str(threads))
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["MPLBACKEND"] = "Agg"
     env["PYTHONUNBUFFERED"] = "1"
@@ -580,7 +579,7 @@ def _run_child(path, hidden, questions, skip_cells, limits: Limits, deadline: fl
                "_child_main(sys.argv[1])", str(Path(tmp) / "config.json")]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, cwd=str(path.resolve().parent),
-                                env=_child_env(), start_new_session=True)
+                                env=_child_env(limits.threads), start_new_session=True)
         raw: list[bytes] = []
         reader = threading.Thread(target=_drain, args=(proc.stdout, raw, limits.output_chars), daemon=True)
         reader.start()
@@ -661,17 +660,15 @@ def grade(submission, json_out=None, hidden_dir=None, limits: Limits | None = No
     out_dir.mkdir(parents=True, exist_ok=True)
     from concurrent.futures import ThreadPoolExecutor
 
+    if jobs > 1:  # notebooks graded side by side share the cores
+        limits = dataclasses.replace(limits or Limits(), threads=max(1, (os.cpu_count() or 1) // jobs))
+
     def one(nb: Path) -> dict:
         stem = "__".join(nb.relative_to(submission).with_suffix("").parts)
         return _grade_to(nb, out_dir / f"{stem}.json", hidden_dir, limits)
 
-    global _CHILD_THREADS
-    previous, _CHILD_THREADS = _CHILD_THREADS, (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None)
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            return dict(zip(map(str, notebooks), pool.map(one, notebooks)))
-    finally:
-        _CHILD_THREADS = previous
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return dict(zip(map(str, notebooks), pool.map(one, notebooks)))
 
 
 def _grade_to(path: Path, json_out: Path, hidden_dir, limits) -> dict:

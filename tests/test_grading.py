@@ -386,18 +386,17 @@ def test_grade_cli_on_a_directory(hostile, tmp_path, capsys):
 
 
 def test_parallel_grading_splits_the_cores(monkeypatch):
-    """jobs > 1: each grading process gets cores // jobs torch threads (unless the caller set them),
-    and the setting ends with the call."""
+    """jobs > 1: each grading process gets cores // jobs torch threads (unless the caller set them)."""
     seen = []
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(grading.os, "cpu_count", lambda: 4)
     monkeypatch.setattr(grading, "_grade_to", lambda nb, out, hidden, limits: seen.append(
-        grading._child_env().get("OMP_NUM_THREADS")) or {})
+        grading._child_env((limits or Limits()).threads).get("OMP_NUM_THREADS")) or {})
     folder = Path(tempfile.mkdtemp())
     for name in ("a.ipynb", "b.ipynb"):
         (folder / name).write_text("{}")
     grading.grade(folder, folder / "out", jobs=2)
-    assert seen == ["2", "2"] and grading._CHILD_THREADS is None
+    assert seen == ["2", "2"]
     grading.grade(folder, folder / "out", jobs=1)
     assert seen[2:] == [None, None]
     monkeypatch.setenv("OMP_NUM_THREADS", "3")

@@ -44,8 +44,8 @@ class EditPlan:
         self._on = {}  # device -> (M, keep, weights, alpha) there
         self._values = {}  # (step, device) -> value_maps
         # Steps where every target takes the source's maps unchanged (identity mapper, nothing
-        # kept or reweighted, alpha 1 for every token): there A_edit = A, and the targets' own
-        # probabilities need not be computed.
+        # kept or reweighted, alpha 1 for every token): there A_edit = A, so the targets attend
+        # with the source's queries and keys and their own values as they are (value_maps: P = I).
         n_tok = self.M.shape[-1]
         plain = (torch.equal(self.M, torch.eye(n_tok).expand_as(self.M)) and not bool(self.keep.any())
                  and bool((self.weights == 1).all()))
@@ -203,7 +203,6 @@ class EditControl:
         self.store, self.blend = store, blend
         self.latent_hw, self.n_uncond, self.step = latent_hw, n_uncond, 0
         self._src = None  # the source's (q, k, mask) at the layer being computed
-        self._row_index = {}
 
     def needs_source(self, layer: LayerInfo, step: int) -> bool:
         """Does anything at this layer and step need the source's attention?"""
@@ -254,33 +253,16 @@ class EditControl:
         else:  # nothing edited here
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         # one fused call: [rows as usual] + [targets through the source's q, k] + [targets' own part]
-        if self.from_cache or mask is not None:
-            expand = lambda t: None if t is None else t.expand(n_t, *t.shape[1:])  # noqa: E731
-            parts = [(q[:head], k[:head], v[:head], None if mask is None else mask[:head]),
-                     (expand(qs), expand(ks), through_src, expand(ms))]
-            if own is not None:
-                parts.append((q[head:], k[head:], own, None if mask is None else mask[head:]))
-            qq, kk, vv, mm = (None if t[0] is None else torch.cat(t) for t in zip(*parts))
-        else:  # the source is row head - 1 of this batch: pick rows instead of concatenating
-            rows = self._rows(head, n_t, own is not None, q.device)
-            qq, kk, mm = q.index_select(0, rows), k.index_select(0, rows), None
-            if through_src is vt and own is None:
-                vv = v  # the targets' own values, unchanged
-            else:
-                vv = torch.cat([v[:head], through_src] + ([] if own is None else [own]))
+        expand = lambda t: None if t is None else t.expand(n_t, *t.shape[1:])  # noqa: E731
+        parts = [(q[:head], k[:head], v[:head], None if mask is None else mask[:head]),
+                 (expand(qs), expand(ks), through_src, expand(ms))]
+        if own is not None:
+            parts.append((q[head:], k[head:], own, None if mask is None else mask[head:]))
+        qq, kk, vv, mm = (None if t[0] is None else torch.cat(t) for t in zip(*parts))
         out = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=mm)
         if own is None:
             return out
         return torch.cat([out[:head], out[head:head + n_t] + out[head + n_t:]])
-
-    def _rows(self, head: int, n_t: int, own: bool, device) -> torch.Tensor:
-        """Batch rows 0 .. head-1, then the source row (head - 1) once per target, then (own) the
-        targets' rows again."""
-        key = (head, n_t, own, device)
-        if key not in self._row_index:
-            rows = list(range(head)) + [head - 1] * n_t + (list(range(head, head + n_t)) if own else [])
-            self._row_index[key] = torch.tensor(rows, device=device)
-        return self._row_index[key]
 
     def attention(self, layer, q, k, v, mask):
         """Conditional rows (source?, targets) -> outputs (rows, heads, n_query, d), through the
