@@ -42,7 +42,7 @@ class EditPlan:
         self._cross = self.alpha.any(-1).any(0).tolist()  # per step: any source map used
         self._self = self.self_steps.tolist()
         self._on = {}  # device -> (M, keep, weights, alpha) there
-        self._values = {}  # (step, device) -> value_maps
+        self._values = {}  # (step, device, dtype) -> value_maps
         # Steps where every target takes the source's maps unchanged (identity mapper, nothing
         # kept or reweighted, alpha 1 for every token): there A_edit = A, so the targets attend
         # with the source's queries and keys and their own values as they are (value_maps: P = I).
@@ -75,22 +75,23 @@ class EditPlan:
         a = alpha[:, None, None, :]  # (T, 1, 1, L)
         return a * hat + (1 - a) * tgt
 
-    def value_maps(self, step: int, device):
+    def value_maps(self, step: int, device, dtype=torch.float32):
         """The edit of ``edit_cross`` moved onto the values, so that no probabilities are needed.
 
         A_edit is linear in A and A*, column by column:
         A_edit = A (M diag(alpha w)) + A* diag(c),  c = alpha keep w + 1 - alpha,
         so A_edit V = A (P V) + A* (c V) with P = M diag(alpha w): two fused attention calls, the
         first with the source's queries and keys. Returns (P or None for the identity, c or None
-        where c is 0 for every token), each on ``device``.
+        where c is 0 for every token), each on ``device`` in ``dtype``.
         """
-        key = (step, device)
+        key = (step, device, dtype)
         if key not in self._values:
             M, keep, w, alpha = self._tensors(device)
             a = alpha[:, step]  # (T, L)
             P = None if self.copies_source(step) else M * (a * w)[:, None, :]  # (T, L, L)
             c = a * keep * w + 1 - a  # (T, L)
-            self._values[key] = (P, None if bool((c == 0).all()) else c)
+            c = None if bool((c == 0).all()) else c.to(dtype)
+            self._values[key] = (None if P is None else P.to(dtype), c)
         return self._values[key]
 
 
@@ -198,11 +199,26 @@ class EditControl:
 
     fused = True
 
+    # What a layer does at a step (decided once per layer and step, see ``_route``):
+    PLAIN = "plain"  # nothing edited: every row attends as usual (the source may be recorded)
+    SAME_QK = "same_qk"  # the targets attend with the source's queries and keys, their own values
+    VALUES = "values"  # A_edit V = A (P V) + A* (c V): value maps P and/or an own part c
+    EXPLICIT = "explicit"  # probabilities computed (a store or a local blend reads them)
+
     def __init__(self, plan: EditPlan, cache, from_cache: bool, store, blend, latent_hw, n_uncond):
-        self.plan, self.cache, self.from_cache = plan, cache, from_cache
+        self.plan, self.cache, self._from_cache = plan, cache, from_cache
         self.store, self.blend = store, blend
         self.latent_hw, self.n_uncond, self.step = latent_hw, n_uncond, 0
         self._src = None  # the source's (q, k, mask) at the layer being computed
+        self._routes = {}  # (layer name, step) -> (records, kind) or None (not wanted)
+
+    @property
+    def from_cache(self) -> bool:
+        return self._from_cache
+
+    @from_cache.setter
+    def from_cache(self, value: bool) -> None:
+        self._from_cache, self._routes = bool(value), {}
 
     def needs_source(self, layer: LayerInfo, step: int) -> bool:
         """Does anything at this layer and step need the source's attention?"""
@@ -215,59 +231,84 @@ class EditControl:
     def _records(self, layer) -> bool:
         return not self.from_cache and (self.cache.keeps(layer) or self.needs_source(layer, self.step))
 
-    def wants(self, layer):
-        return self._records(layer) or self.needs_source(layer, self.step)
-
     def _targets_need_probs(self, layer) -> bool:
         s = self.step
         if self.store is not None and self.store.wants(layer, s):
             return True
         return layer.is_cross and self.blend is not None and self.blend.wants(layer, s)
 
-    def _source(self, layer, q, k, mask, u: int):
-        """The source's (q, k, mask) at this layer and step (row ``u``, or the cache); recorded."""
+    def _route(self, layer):
+        """(records the source?, kind) for this layer at this step, or None where nothing is
+        wanted (the processor then attends as usual). Decided once per layer and step."""
+        key = (layer.name, self.step)
+        try:
+            return self._routes[key]
+        except KeyError:
+            pass
+        s, records = self.step, self._records(layer)
+        if not (records or self.needs_source(layer, s)):
+            route = None
+        elif not self.fused or self._targets_need_probs(layer):
+            route = (records, self.EXPLICIT)
+        elif layer.is_cross and self.plan.cross_active(s):
+            route = (records, self.SAME_QK if self.plan.copies_source(s) else self.VALUES)
+        elif not layer.is_cross and self.plan.self_active(layer, s):
+            route = (records, self.SAME_QK)
+        else:
+            route = (records, self.PLAIN)
+        self._routes[key] = route
+        return route
+
+    def wants(self, layer):
+        return self._route(layer) is not None
+
+    def _source(self, layer, q, k, mask, u: int, records: bool):
+        """The source's (q, k, mask) at this layer and step (row ``u``, or the cache)."""
         if self.from_cache:
             self._src = tuple(None if t is None else t.to(q.device) for t in self.cache.get(layer, self.step))
         else:
             self._src = (q[u:u + 1], k[u:u + 1], None if mask is None else mask[u:u + 1])
-            if self._records(layer):
+            if records:
                 self.cache.put(layer, self.step, self._src)
         return self._src
 
     def attention_batch(self, layer, q, k, v, mask):
         """Every row of the batch (unconditional, then source?, targets) with fused attention, or
-        None where the explicit probabilities are needed (the processor then calls ``attention``)."""
-        if not self.fused or self._targets_need_probs(layer):
+        None where the explicit probabilities are needed (the processor then calls ``attention``).
+
+        The target rows of q, k (and v, for a value map) are overwritten in place with what the
+        targets attend with, so the whole batch stays one fused call, with no copies of it; q, k,
+        v are the processor's own projections, made for this call.
+        """
+        records, kind = self._route(layer)
+        if kind is self.EXPLICIT:
             return None
-        u, s = self.n_uncond, self.step
-        qs, ks, ms = self._source(layer, q, k, mask, u)
-        head = u if self.from_cache else u + 1  # rows attended as usual: unconditional, source
-        vt = v[head:]
-        n_t = len(vt)
-        if layer.is_cross and self.plan.cross_active(s):
-            P, c = self.plan.value_maps(s, v.device)
-            through_src = vt if P is None else torch.einsum("tij,thjd->thid", P.to(v.dtype), vt)
-            own = None if c is None else vt * c.to(v.dtype)[:, None, :, None]
-        elif not layer.is_cross and self.plan.self_active(layer, s):
-            through_src, own = vt, None
-        else:  # nothing edited here
+        u = self.n_uncond
+        qs, ks, ms = self._source(layer, q, k, mask, u, records)
+        if kind is self.PLAIN:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        # one fused call: [rows as usual] + [targets through the source's q, k] + [targets' own part]
-        expand = lambda t: None if t is None else t.expand(n_t, *t.shape[1:])  # noqa: E731
-        parts = [(q[:head], k[:head], v[:head], None if mask is None else mask[:head]),
-                 (expand(qs), expand(ks), through_src, expand(ms))]
+        head = u if self.from_cache else u + 1  # rows attended as usual: unconditional, source
+        own = None
+        if kind is self.VALUES:
+            P, c = self.plan.value_maps(self.step, v.device, v.dtype)
+            vt = v[head:]
+            if c is not None:  # the targets' own part, A* (c V), with their own queries and keys
+                own = F.scaled_dot_product_attention(q[head:], k[head:], vt * c[:, None, :, None],
+                                                     attn_mask=None if mask is None else mask[head:])
+            if P is not None:
+                vt.copy_(torch.einsum("tij,thjd->thid", P, vt))
+        q[head:], k[head:] = qs, ks  # the targets attend with the source's queries and keys
+        if mask is not None:
+            mask = torch.cat([mask[:head], ms.expand(len(q) - head, *ms.shape[1:])])
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         if own is not None:
-            parts.append((q[head:], k[head:], own, None if mask is None else mask[head:]))
-        qq, kk, vv, mm = (None if t[0] is None else torch.cat(t) for t in zip(*parts))
-        out = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=mm)
-        if own is None:
-            return out
-        return torch.cat([out[:head], out[head:head + n_t] + out[head + n_t:]])
+            out[head:] += own
+        return out
 
     def attention(self, layer, q, k, v, mask):
         """Conditional rows (source?, targets) -> outputs (rows, heads, n_query, d), through the
         explicit probabilities (``attend``)."""
-        self._source(layer, q, k, mask, 0)
+        self._source(layer, q, k, mask, 0, self._route(layer)[0])
         return attend_all(self, layer, q, k, v, mask)
 
     def attend(self, layer, probs):
