@@ -269,6 +269,32 @@ def test_cached_rerun_equals_full_run(shipped_pipe):
         edit(shipped_pipe, S, T1, cache=first.cache, seed=1, **FAST)
 
 
+@pytest.mark.parametrize("views", [True, False])
+def test_cache_as_views_or_copies(views, shipped_pipe, monkeypatch):
+    """The source's q/k rows are kept as views of their batch when every batch fits the budget,
+    else copied; either way they stay the source's (the fused edit overwrites the targets' rows of
+    the same batch in place) and a cached re-run equals a full one. nbytes counts what is held."""
+    import sys
+
+    edit_module = sys.modules["p2p_lab.p2p.edit"]
+    one = edit_module._record_all_nbytes(shipped_pipe, edit_module.attention_layers(shipped_pipe), 16, 4)
+    batch = 2 * 3  # guidance: (source + 2 targets) twice
+    monkeypatch.setattr(edit_module, "CACHE_BUDGET_BYTES", batch * one if views else batch * one - 1)
+    targets = [T1, T2]
+    first = edit(shipped_pipe, S, targets, **FAST)
+    assert first.cache.views is views and first.cache.record_all
+    q, k, _ = first.cache.get(first.cache.layers[0], 0)
+    assert (q.untyped_storage().nbytes() > q.numel() * q.element_size()) is views
+    qk = sum(t.numel() * t.element_size() for v in first.cache.qk.values() for t in v if t is not None)
+    assert (first.cache.nbytes > 2 * qk) is views  # a view holds its whole batch
+    opts = dict(cross_tau=0.5, self_tau=0.25, reweight={"square": 2.0}, **FAST)
+    cached = edit(shipped_pipe, S, targets, cache=first.cache, **opts)
+    monkeypatch.setattr(edit_module, "CACHE_BUDGET_BYTES", 0)  # no cache: the reference
+    full = edit(shipped_pipe, S, targets, **opts)
+    assert cached.from_cache and not full.from_cache and not full.cache.record_all
+    assert close(cached.images, full.images)
+
+
 def test_tau_rerun_resumes_from_the_first_changed_step(shipped_pipe):
     kw = dict(num_inference_steps=10, guidance_scale=4.0)
     first = edit(shipped_pipe, S, T2, cross_tau=0.8, self_tau=0.4, context_tau=0.0, **kw)

@@ -8,6 +8,7 @@ Taught in notebook 05 (the shape problem and word alignment). A prompt of n word
 from __future__ import annotations
 
 import dataclasses
+import weakref
 
 import torch
 
@@ -18,8 +19,20 @@ class Word:
     tokens: tuple[int, ...]  # positions in the padded token sequence
 
 
+_COUNTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # tokenizer -> {text: count}
+
+
 def n_content_tokens(tokenizer, text: str) -> int:
-    return len(tokenizer(text, add_special_tokens=False).input_ids)
+    """How many tokens ``text`` becomes (no start/end tokens); remembered per tokenizer."""
+    try:
+        counts = _COUNTS.setdefault(tokenizer, {})
+    except TypeError:  # a tokenizer that cannot be weakly referenced: no memory
+        counts = {}
+    if text not in counts:
+        if len(counts) > 10_000:
+            counts.clear()
+        counts[text] = len(tokenizer(text, add_special_tokens=False).input_ids)
+    return counts[text]
 
 
 def check_length(tokenizer, prompt: str) -> None:

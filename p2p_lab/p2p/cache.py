@@ -55,15 +55,20 @@ class SourceCache:
     # p2p_lab.p2p.edit): a re-run that differs only from step k on resumes there.
     trail: object = dataclasses.field(default=None, repr=False)
     resumed_at: int | None = None  # the step the last edit resumed from (None: no reuse)
+    views: bool = False  # keep the recorded rows as views of their batch (set by the edit filling it)
 
     def keeps(self, layer: LayerInfo) -> bool:
         """Does the record-everything policy keep this layer?"""
         return self.record_all and (layer.is_cross or layer.res <= self.self_max_res)
 
     def put(self, layer: LayerInfo, step: int, qk: tuple) -> None:
-        """The source's (q (1, heads, n_q, d), k (1, heads, n_k, d), mask or None), copied (a
-        row of the batch would keep the whole batch alive)."""
-        self.qk[(layer.name, step)] = tuple(None if t is None else t.detach().clone() for t in qk)
+        """The source's (q (1, heads, n_q, d), k (1, heads, n_k, d), mask or None): kept as they
+        are (rows of the batch's projections, which nothing writes to) when ``views`` is set,
+        else copied (a row keeps its whole batch alive: worth it only when that fits)."""
+        if self.views:  # (the engine runs under no_grad: nothing to detach)
+            self.qk[(layer.name, step)] = qk
+        else:
+            self.qk[(layer.name, step)] = tuple(None if t is None else t.clone() for t in qk)
 
     def get(self, layer: LayerInfo, step: int) -> tuple:
         return self.qk[(layer.name, step)]
@@ -87,8 +92,13 @@ class SourceCache:
 
     @property
     def nbytes(self) -> int:
+        """Bytes the cache holds on to (a view counts its whole batch, once)."""
         ts = [t for qk in self.qk.values() for t in qk if t is not None] + list(self.latents) + (list(self.trail.latents) if self.trail else [])
-        return sum(t.numel() * t.element_size() for t in ts)
+        held = {}
+        for t in ts:
+            storage = t.untyped_storage()
+            held[(t.device, storage.data_ptr())] = storage.nbytes()
+        return sum(held.values())
 
     @staticmethod
     def estimate_nbytes(layers: list[LayerInfo], n_tokens: int, num_steps: int, self_max_res: int,

@@ -50,14 +50,18 @@ def run_key(pipe, source: str, run, loop_steps: int) -> RunKey:
                   str(p.dtype), str(p.device), id(pipe.unet))
 
 
+def _record_all_nbytes(pipe, layers, self_max_res, n_steps) -> int:
+    size = next(pipe.unet.parameters()).element_size()
+    return SourceCache.estimate_nbytes(layers, pipe.tokenizer.model_max_length, n_steps, self_max_res, size)
+
+
 def _source_cache(pipe, key, layers, cache, self_max_res, n_steps) -> SourceCache:
     if cache is not None:
         if not isinstance(cache, SourceCache):
             raise TypeError(f"cache must be a SourceCache (an EditResult's .cache), got {type(cache).__name__}")
         cache.check_key(key)
         return cache
-    size = next(pipe.unet.parameters()).element_size()
-    est = SourceCache.estimate_nbytes(layers, pipe.tokenizer.model_max_length, n_steps, self_max_res, size)
+    est = _record_all_nbytes(pipe, layers, self_max_res, n_steps)
     return SourceCache(key, layers, self_max_res, record_all=est <= CACHE_BUDGET_BYTES)
 
 
@@ -104,17 +108,21 @@ def edit(pipe, source: str, targets, *, mode: str | None = None, cross_tau=0.8, 
     tok = pipe.tokenizer
     run = resolve_run(pipe, seed, num_inference_steps, guidance_scale)
     layers = attention_layers(pipe, run.latent_hw)
-    n = len(make_scheduler(pipe, run.num_steps).timesteps)  # the loop's steps schedule tau
+    scheduler = make_scheduler(pipe, run.num_steps)
+    n = len(scheduler.timesteps)  # the loop's steps schedule tau
     plan = build_plan(tok, source, targets, mode=mode, cross_tau=cross_tau, self_tau=self_tau,
                       reweight=reweight, mapper=mapper, num_steps=n, self_max_res=self_max_res)
     blend = _blend_state(local_blend, tok, [source, *targets], layers, run.latent_hw, n)
     cache = _source_cache(pipe, run_key(pipe, source, run, n), layers, cache, self_max_res, n)
     control = EditControl(plan, cache, True, store, blend, run.latent_hw, 0)
     from_cache = cache.covers(control.needs_source)
+    rows = targets if from_cache else [source, *targets]
     if not from_cache:
         cache.clear()
         control.from_cache = False
-    rows = targets if from_cache else [source, *targets]
+        # the source's rows stay views of their batch (no copies) when every batch fits the budget
+        batch = len(rows) * (2 if run.cfg else 1)
+        cache.views = batch * _record_all_nbytes(pipe, layers, self_max_res, n) <= CACHE_BUDGET_BYTES
     cond, window = _context_schedule(pipe, source, targets, rows, context_tau, n, from_cache)
     sig = _Signature.of(plan, targets, window, n)
     start, z_start = 0, None
@@ -132,7 +140,8 @@ def edit(pipe, source: str, targets, *, mode: str | None = None, cross_tau=0.8, 
             trail[i] = (z if from_cache else z[1:]).detach().clone()
         return z
 
-    z0 = run_loop(pipe, rows, run, control, on_step, cond=cond, latents=z_start, start=start)
+    z0 = run_loop(pipe, rows, run, control, on_step, cond=cond, latents=z_start, start=start,
+                  scheduler=scheduler)
     if start == n:
         z0 = z_start
     if start:

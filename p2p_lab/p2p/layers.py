@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,16 +43,24 @@ def place_of(name: str) -> str:
     return "other"
 
 
+_STATIC: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def static_layers(unet) -> dict[str, LayerInfo]:
-    """LayerInfo (without resolution) for every attention module of a UNet, keyed by name."""
+    """LayerInfo (without resolution) for every attention module of a UNet, keyed by name.
+
+    Read once per UNet (a walk over every module) and remembered; a copy is returned.
+    """
     from diffusers.models.attention_processor import Attention
 
-    out = {}
-    for name, module in unet.named_modules():
-        if isinstance(module, Attention):
-            out[name] = LayerInfo(name, place_of(name), module.heads, module.is_cross_attention,
-                                  head_dim=module.inner_dim // module.heads)
-    return out
+    if unet not in _STATIC:
+        out = {}
+        for name, module in unet.named_modules():
+            if isinstance(module, Attention):
+                out[name] = LayerInfo(name, place_of(name), module.heads, module.is_cross_attention,
+                                      head_dim=module.inner_dim // module.heads)
+        _STATIC[unet] = out
+    return dict(_STATIC[unet])
 
 
 def grid_of(n_query: int, latent_hw: tuple[int, int]) -> tuple[int, int]:

@@ -126,14 +126,15 @@ def attention_control(unet, control):
     The original processors (whatever they were) are restored afterwards, also on error.
     """
     require_cross_attention(unet)
-    original = unet.attn_processors
-    infos = static_layers(unet)
-    procs = {key: P2PAttnProcessor(infos[key[: -len(".processor")]], control) for key in original}
-    unet.set_attn_processor(procs)
+    modules = {name: unet.get_submodule(name) for name in static_layers(unet)}
+    original = {name: m.processor for name, m in modules.items()}
+    unet.set_attn_processor({f"{name}.processor": P2PAttnProcessor(info, control)
+                             for name, info in static_layers(unet).items()})
     try:
         yield control
-    finally:
-        unet.set_attn_processor(original)
+    finally:  # each layer gets its own processor back (diffusers' Attention.set_processor)
+        for name, m in modules.items():
+            m.set_processor(original[name])
 
 
 class _Probe:

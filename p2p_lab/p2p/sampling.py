@@ -110,10 +110,10 @@ def decode(pipe, z) -> np.ndarray:
 
 
 def run_loop(pipe, prompts, run: Run, control=None, on_step=None, latents=None, cond=None,
-             start: int = 0) -> torch.Tensor:
+             start: int = 0, scheduler=None) -> torch.Tensor:
     """Encode (unless ``cond`` is given), draw z_T, denoise under ``control`` (installed for the
-    loop only); returns z_0."""
-    sch = make_scheduler(pipe, run.num_steps)
+    loop only); returns z_0. ``scheduler``: a fresh one from ``make_scheduler`` (made if None)."""
+    sch = make_scheduler(pipe, run.num_steps) if scheduler is None else scheduler
     cond = encode_prompts(pipe, prompts) if cond is None else cond
     uncond = encode_prompts(pipe, [""]) if run.cfg else None
     z = initial_noise(pipe, run, len(prompts), sch) if latents is None else latents
