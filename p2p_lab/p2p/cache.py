@@ -5,10 +5,12 @@ source prompt, seed, step count, guidance scale, scheduler, latent size and UNet
 source's per-head queries and keys (not the probabilities: for SD's 64x64 self-attention they are
 4096 x 40 numbers per head instead of 4096 x 4096) for (layer, step) pairs and its latent after
 every step; the engine attends with them directly (see :class:`~p2p_lab.p2p.controls.EditControl`).
-When everything an edit could ask for fits in ``budget_bytes`` it records every cross-attention
-layer and every self-attention layer the edit may replace at every step, so later calls with
-another tau, alpha, reweighting, blend or target reuse it; otherwise only what the first edit
-needed, and a later call that needs more re-runs the source and refills the cache.
+When everything an edit could ask for fits in the budget (``p2p_lab.p2p.edit.CACHE_BUDGET_BYTES``),
+it records every cross-attention layer and every self-attention layer the edit may replace at every
+step, so later calls with another tau, alpha, reweighting, blend or target reuse it; otherwise only
+what the first edit needed, and a later call that needs more re-runs the source and refills the
+cache. The recorded rows stay views of the batch they came from (no copy) when that whole batch
+fits the budget too (``views``); otherwise they are copied.
 
 It also keeps the last edit's target latents after every step ("trail"). Under a scheduler whose
 step depends on nothing but the timestep (DDIM), a re-run whose per-step settings (alpha, the
