@@ -14,7 +14,7 @@ A control is any object with ``n_uncond`` (rows of the unconditional half, 0 wit
 ``latent_hw``, ``wants(layer) -> bool`` and ``attention(layer, q, k, v, mask) -> out`` for the
 conditional rows (:func:`attend_all` computes every row's probabilities and passes them through
 ``control.attend(layer, probs) -> probs``), and optionally ``attention_batch(layer, q, k, v, mask)
--> out or None`` for every row.
+-> out or None`` for every row (it may write into q, k and v: the processor made them for this call).
 """
 from __future__ import annotations
 
