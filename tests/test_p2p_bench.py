@@ -53,6 +53,7 @@ def test_benchmarks_quick(shipped_pipe, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == ev
     sp = _load("p2p_speed").main(["--quick", "--steps", "2", "--no-sd"], pipe=shipped_pipe)
     assert sp["overhead_ratio"] > 0 and sp["cached_rerun_ratio"] > 0
+    assert sp["meets_targets"] == (sp["overhead_ratio"] <= 1.10 and sp["cached_rerun_ratio"] <= 0.6)
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == sp
 
 
