@@ -16,7 +16,9 @@ by ``--dilate`` pixels for object edits, the background (outside it) for backgro
 "p2p" is the engine at the model's defaults (for the shipped model that includes ``context_tau``:
 the target's unchanged tokens keep the source's text embeddings for the first part of the steps);
 "p2p_paper" is the same edit with ``context_tau=0``, the paper's method as published.
-Two sweeps rerun P2P with the source cached: over cross_tau, and over context_tau.
+Three sweeps rerun P2P with the source cached: over cross_tau, over context_tau, and over the
+swapped word's own cross_tau with the other tokens at ``--cross-tau`` (``word_tau_sweep``: the
+per-word alpha of the paper, which frees the new word early so that it can draw its own outline).
 
     python benchmarks/p2p_eval.py [--seeds 50] [--steps 25] [--quick]
 
@@ -54,6 +56,14 @@ def make_pair(kind: str, rng: np.random.Generator) -> tuple[str, str]:
         new = [c for c in shapes.COLORS if c not in (obj.color, scene.background)]
         scene2 = shapes.Scene(scene.objects, str(rng.choice(new)))
     return shapes.caption(scene), shapes.caption(scene2)
+
+
+def swapped_word(source: str, target: str) -> str:
+    """The target's word that replaces a source word (the captions differ in one word)."""
+    diff = [t for s, t in zip(source.split(), target.split()) if s != t]
+    if len(source.split()) != len(target.split()) or len(diff) != 1:
+        raise ValueError(f"{source!r} -> {target!r} is not a one-word swap")
+    return diff[0]
 
 
 def psnr(a, b, region) -> float | None:
@@ -119,6 +129,13 @@ def run_pair(pipe, kind, source, target, seed, args, sweep):
     for c in args.context_values:
         img = edit(pipe, source, target, context_tau=c, cache=res.cache, **taus, **kw)
         out["context_sweep"][c] = score(kind, src_img, src_obj, img.target_images[0], target)
+    out["word_tau_sweep"] = {}
+    word = swapped_word(source, target)
+    for t in args.word_taus:
+        per_word = {"default_": args.cross_tau, word: t}
+        img = edit(pipe, source, target, cross_tau=per_word, self_tau=args.self_tau,
+                   context_tau=args.context_tau, cache=res.cache, **kw)
+        out["word_tau_sweep"][t] = score(kind, src_img, src_obj, img.target_images[0], target)
     return out
 
 
@@ -133,6 +150,8 @@ def parse(argv=None):
                    help="default: the model's (p2p_lab.model.sampling_defaults)")
     p.add_argument("--sweep", default="0,0.4,0.8,1.0", help="cross_tau values (self_tau = min(self_tau, tau))")
     p.add_argument("--context-sweep", default="0,0.25,0.5,1.0", help="context_tau values")
+    p.add_argument("--word-sweep", default="0.2,0.4,0.6",
+                   help="cross_tau values of the swapped word (the others at --cross-tau)")
     p.add_argument("--dilate", type=int, default=2, help="pixels added around the object for mask_blend")
     p.add_argument("--model", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -142,7 +161,9 @@ def parse(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.steps, args.sweep, args.context_sweep = min(args.seeds, 2), min(args.steps, 3), "0,1", "0,1"
+        args.word_sweep = "0.4"
     args.context_values = [float(t) for t in args.context_sweep.split(",")]
+    args.word_taus = [float(t) for t in args.word_sweep.split(",")] if args.word_sweep else []
     return args
 
 
@@ -188,6 +209,11 @@ def aggregate(per_kind: dict, sweep, tried, all_sources=False) -> dict:
                                for c in contexts]
     result["context_sweep_by_edit"] = {k: [{"context_tau": c, **summarize([r["context_sweep"][c] for r in rows])}
                                            for c in contexts] for k, rows in per_kind.items()}
+    words = list(everything[0]["word_tau_sweep"]) if everything else []
+    result["word_tau_sweep"] = [{"word_tau": t, **summarize([r["word_tau_sweep"][t] for r in everything])}
+                                for t in words]
+    result["word_tau_sweep_by_edit"] = {k: [{"word_tau": t, **summarize([r["word_tau_sweep"][t] for r in rows])}
+                                            for t in words] for k, rows in per_kind.items()}
     used = {k: len(v) for k, v in per_kind.items()}
     result["sources_used"] = used
     result["note"] = (f"scored only sources the model rendered correctly"
@@ -209,6 +235,11 @@ def report(result: dict) -> None:
     for kind, rows in [("all", result["context_sweep"]), *result["context_sweep_by_edit"].items()]:
         for row in rows:
             print(f"  {kind:10s} context_tau {row['context_tau']:.2f}: success {row['edit_success']} "
+                  f"shift {row['centroid_shift_px']} psnr {row['bg_psnr_db']}")
+    print("swapped word's own cross_tau, the others at the default (P2P, per edit type):")
+    for kind, rows in [("all", result["word_tau_sweep"]), *result["word_tau_sweep_by_edit"].items()]:
+        for row in rows:
+            print(f"  {kind:10s} word tau {row['word_tau']:.2f}: success {row['edit_success']} "
                   f"shift {row['centroid_shift_px']} psnr {row['bg_psnr_db']}")
     print(json.dumps(result))
 

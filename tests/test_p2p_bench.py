@@ -43,13 +43,19 @@ def test_eval_scores_ground_truth_edits():
     source, target = ev.make_pair("shape", np.random.default_rng(0))
     a, b = shapes.parse_caption(source), shapes.parse_caption(target)
     assert a["background"] == b["background"] and a["objects"][0]["shape"] != b["objects"][0]["shape"]
+    assert ev.swapped_word(source, target) == b["objects"][0]["shape"]
+    assert ev.swapped_word("a red circle on a blue background", "a red circle on a green background") == "green"
+    with pytest.raises(ValueError, match="one-word swap"):
+        ev.swapped_word("a red circle", "a big red circle")
 
 
 def test_benchmarks_quick(shipped_pipe, capsys):
     import json
 
     ev = _load("p2p_eval").main(["--quick", "--seeds", "1", "--steps", "2", "--all-sources"], pipe=shipped_pipe)
-    assert set(ev) >= {"fixed_seed", "mask_blend", "p2p", "p2p_paper", "by_edit", "tau_sweep", "context_sweep", "note"}
+    assert set(ev) >= {"fixed_seed", "mask_blend", "p2p", "p2p_paper", "by_edit", "tau_sweep", "context_sweep",
+                       "word_tau_sweep", "note"}
+    assert [r["word_tau"] for r in ev["word_tau_sweep"]] == [0.4] and ev["word_tau_sweep"][0]["n"] == ev["p2p"]["n"]
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == ev
     sp = _load("p2p_speed").main(["--quick", "--steps", "2", "--no-sd"], pipe=shipped_pipe)
     assert sp["overhead_ratio"] > 0 and sp["cached_rerun_ratio"] > 0
