@@ -60,11 +60,12 @@ def speed(pipe, steps: int, repeats: int, guidance) -> dict:
         for name in names[r % 4:] + names[:r % 4]:
             times[name].append(_timed(fns[name]))
     med = {k: statistics.median(v) for k, v in times.items()}
-    paired = lambda a, b: statistics.median(x / y for x, y in zip(times[a], times[b]))  # noqa: E731
-    return {"overhead_ratio": round(paired("edit", "plain"), 4),
-            "cached_rerun_ratio": round(paired("cached", "edit"), 4),
-            "cached_rerun_from_start_ratio": round(paired("cached_from_start", "edit"), 4),
-            "overhead_ratio_spread": [round(q, 4) for q in _quartiles([x / y for x, y in zip(times["edit"], times["plain"])])],
+    pairs = lambda a, b: [x / y for x, y in zip(times[a], times[b])]  # noqa: E731
+    overhead = pairs("edit", "plain")
+    return {"overhead_ratio": round(statistics.median(overhead), 4),
+            "cached_rerun_ratio": round(statistics.median(pairs("cached", "edit")), 4),
+            "cached_rerun_from_start_ratio": round(statistics.median(pairs("cached_from_start", "edit")), 4),
+            "overhead_ratio_spread": [round(q, 4) for q in _quartiles(overhead)],
             "seconds": {k: round(v, 4) for k, v in med.items()}, "cache_bytes": scrub_cache.nbytes}
 
 

@@ -660,8 +660,9 @@ def grade(submission, json_out=None, hidden_dir=None, limits: Limits | None = No
     out_dir.mkdir(parents=True, exist_ok=True)
     from concurrent.futures import ThreadPoolExecutor
 
-    if jobs > 1:  # notebooks graded side by side share the cores
-        limits = dataclasses.replace(limits or Limits(), threads=max(1, (os.cpu_count() or 1) // jobs))
+    limits = limits or Limits()
+    if jobs > 1 and limits.threads is None:  # notebooks graded side by side share the cores
+        limits = dataclasses.replace(limits, threads=max(1, (os.cpu_count() or 1) // jobs))
 
     def one(nb: Path) -> dict:
         stem = "__".join(nb.relative_to(submission).with_suffix("").parts)

@@ -8,7 +8,6 @@ test file (fast to start), one against the real 01_attention hidden tests.
 import json
 import operator
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
@@ -385,20 +384,24 @@ def test_grade_cli_on_a_directory(hostile, tmp_path, capsys):
     assert main(["grade", str(tmp_path / "missing.ipynb")]) == 2
 
 
-def test_parallel_grading_splits_the_cores(monkeypatch):
-    """jobs > 1: each grading process gets cores // jobs torch threads (unless the caller set them)."""
+def test_parallel_grading_splits_the_cores(monkeypatch, tmp_path):
+    """jobs > 1: each grading process gets cores // jobs torch threads (unless the caller set them,
+    in Limits or in the environment)."""
     seen = []
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(grading.os, "cpu_count", lambda: 4)
     monkeypatch.setattr(grading, "_grade_to", lambda nb, out, hidden, limits: seen.append(
         grading._child_env((limits or Limits()).threads).get("OMP_NUM_THREADS")) or {})
-    folder = Path(tempfile.mkdtemp())
+    folder = tmp_path
     for name in ("a.ipynb", "b.ipynb"):
         (folder / name).write_text("{}")
     grading.grade(folder, folder / "out", jobs=2)
     assert seen == ["2", "2"]
     grading.grade(folder, folder / "out", jobs=1)
     assert seen[2:] == [None, None]
+    grading.grade(folder, folder / "out", jobs=2, limits=Limits(threads=1))
+    assert seen[4:] == ["1", "1"]
+    del seen[4:]
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     grading.grade(folder, folder / "out", jobs=2)
     assert seen[4:] == ["3", "3"]

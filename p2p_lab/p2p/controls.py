@@ -206,19 +206,11 @@ class EditControl:
     EXPLICIT = "explicit"  # probabilities computed (a store or a local blend reads them)
 
     def __init__(self, plan: EditPlan, cache, from_cache: bool, store, blend, latent_hw, n_uncond):
-        self.plan, self.cache, self._from_cache = plan, cache, from_cache
+        self.plan, self.cache, self.from_cache = plan, cache, from_cache
         self.store, self.blend = store, blend
         self.latent_hw, self.n_uncond, self.step = latent_hw, n_uncond, 0
         self._src = None  # the source's (q, k, mask) at the layer being computed
-        self._routes = {}  # (layer name, step) -> (records, kind) or None (not wanted)
-
-    @property
-    def from_cache(self) -> bool:
-        return self._from_cache
-
-    @from_cache.setter
-    def from_cache(self, value: bool) -> None:
-        self._from_cache, self._routes = bool(value), {}
+        self._routes = {}  # (layer name, step) -> (records, kind) or None; filled while sampling
 
     def needs_source(self, layer: LayerInfo, step: int) -> bool:
         """Does anything at this layer and step need the source's attention?"""

@@ -55,14 +55,13 @@ def _record_all_nbytes(pipe, layers, self_max_res, n_steps) -> int:
     return SourceCache.estimate_nbytes(layers, pipe.tokenizer.model_max_length, n_steps, self_max_res, size)
 
 
-def _source_cache(pipe, key, layers, cache, self_max_res, n_steps) -> SourceCache:
+def _source_cache(key, layers, cache, self_max_res, record_all_nbytes: int) -> SourceCache:
     if cache is not None:
         if not isinstance(cache, SourceCache):
             raise TypeError(f"cache must be a SourceCache (an EditResult's .cache), got {type(cache).__name__}")
         cache.check_key(key)
         return cache
-    est = _record_all_nbytes(pipe, layers, self_max_res, n_steps)
-    return SourceCache(key, layers, self_max_res, record_all=est <= CACHE_BUDGET_BYTES)
+    return SourceCache(key, layers, self_max_res, record_all=record_all_nbytes <= CACHE_BUDGET_BYTES)
 
 
 def _latent_hook(cache, blend, from_cache):
@@ -113,16 +112,15 @@ def edit(pipe, source: str, targets, *, mode: str | None = None, cross_tau=0.8, 
     plan = build_plan(tok, source, targets, mode=mode, cross_tau=cross_tau, self_tau=self_tau,
                       reweight=reweight, mapper=mapper, num_steps=n, self_max_res=self_max_res)
     blend = _blend_state(local_blend, tok, [source, *targets], layers, run.latent_hw, n)
-    cache = _source_cache(pipe, run_key(pipe, source, run, n), layers, cache, self_max_res, n)
-    control = EditControl(plan, cache, True, store, blend, run.latent_hw, 0)
-    from_cache = cache.covers(control.needs_source)
+    est = _record_all_nbytes(pipe, layers, self_max_res, n)
+    cache = _source_cache(run_key(pipe, source, run, n), layers, cache, self_max_res, est)
+    control = EditControl(plan, cache, False, store, blend, run.latent_hw, 0)
+    from_cache = control.from_cache = cache.covers(control.needs_source)
     rows = targets if from_cache else [source, *targets]
     if not from_cache:
         cache.clear()
-        control.from_cache = False
         # the source's rows stay views of their batch (no copies) when every batch fits the budget
-        batch = len(rows) * (2 if run.cfg else 1)
-        cache.views = batch * _record_all_nbytes(pipe, layers, self_max_res, n) <= CACHE_BUDGET_BYTES
+        cache.views = len(rows) * (2 if run.cfg else 1) * est <= CACHE_BUDGET_BYTES
     cond, window = _context_schedule(pipe, source, targets, rows, context_tau, n, from_cache)
     sig = _Signature.of(plan, targets, window, n)
     start, z_start = 0, None

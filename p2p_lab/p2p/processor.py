@@ -126,10 +126,10 @@ def attention_control(unet, control):
     The original processors (whatever they were) are restored afterwards, also on error.
     """
     require_cross_attention(unet)
-    modules = {name: unet.get_submodule(name) for name in static_layers(unet)}
+    infos = static_layers(unet)
+    modules = {name: unet.get_submodule(name) for name in infos}
     original = {name: m.processor for name, m in modules.items()}
-    unet.set_attn_processor({f"{name}.processor": P2PAttnProcessor(info, control)
-                             for name, info in static_layers(unet).items()})
+    unet.set_attn_processor({f"{name}.processor": P2PAttnProcessor(info, control) for name, info in infos.items()})
     try:
         yield control
     finally:  # each layer gets its own processor back (diffusers' Attention.set_processor)
