@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 __all__ = [
-    "pipe_device", "pipe_dtype", "stable_diffusion_available", "with_scheduler",
+    "pipe_device", "pipe_dtype", "with_scheduler",
     "tokenize", "encode_text", "PromptEmbeddings", "encode_prompt",
     "guidance", "predict_x0", "StepOutput", "guided_eps", "denoise_step", "sampling_step",
     "latent_shape", "initial_latents", "SampleOutput", "sample",
@@ -48,29 +48,16 @@ def pipe_dtype(pipe) -> torch.dtype:
     return pipe.unet.dtype
 
 
-def stable_diffusion_available(timeout: float = 3.0) -> bool:
-    """True where Stable Diffusion v1 can run: a CUDA GPU and a reachable Hugging Face Hub (Colab)."""
-    import socket
-
-    if not torch.cuda.is_available():
-        return False
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def with_scheduler(pipe, scheduler_cls):
     """The same pipeline (same modules, no copies) with a fresh scheduler of another class.
 
     ``scheduler_cls`` is a diffusers scheduler class, e.g. ``DDPMScheduler``; it gets the same
     noise schedule (betas) from the pipeline's scheduler config.
     """
-    from diffusers import StableDiffusionPipeline
+    from .model import pipeline_class
 
     parts = dict(pipe.components, scheduler=scheduler_cls.from_config(pipe.scheduler.config))
-    new = StableDiffusionPipeline(**parts, requires_safety_checker=False)
+    new = pipeline_class()(**parts, requires_safety_checker=False)
     new.set_progress_bar_config(disable=True)
     return new
 

@@ -7,15 +7,29 @@ it samples in well under a second on a laptop CPU.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
 
 import torch
 
-SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "data" / "shapes-ldm"
+
+
+def _shipped_model() -> Path:
+    """Where the shipped model is: inside the installed package (``p2p_lab/data/shapes-ldm``, put
+    there when the wheel is built from ``data/``), or in the checkout's ``data/shapes-ldm``."""
+    here = Path(__file__).resolve().parent
+    installed, checkout = here / "data" / "shapes-ldm", here.parent / "data" / "shapes-ldm"
+    return installed if (installed / "model_index.json").exists() else checkout
+
+
+SHIPPED_MODEL = _shipped_model()
 SD_V1 = "CompVis/stable-diffusion-v1-4"
 PIPELINE_PARTS = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler")
+MODEL_ENV = "P2P_LAB_MODEL"  # which model the notebooks use: "shapes", a hub id or a pipeline folder
+STEPS_ENV = "P2P_LAB_STEPS"  # at most this many sampling steps in the notebooks (the tests lower it)
+DTYPE_ENV = "P2P_LAB_DTYPE"  # the dtype course_pipeline loads in, e.g. "bfloat16" (default: see load_pipeline)
 
 
 @dataclasses.dataclass
@@ -80,12 +94,19 @@ def build_scheduler():
 
 
 def assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler=None):
-    from diffusers import StableDiffusionPipeline
+    return pipeline_class()(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                            scheduler=scheduler or build_scheduler(), safety_checker=None,
+                            feature_extractor=None, requires_safety_checker=False)
 
-    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                   unet=unet, scheduler=scheduler or build_scheduler(),
-                                   safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+
+def save_pipeline(pipe, folder: str | os.PathLike) -> Path:
+    """A standard diffusers pipeline folder (safetensors only) that loads with transformers 4 and 5."""
+    from .tokenizer import save_tokenizer
+
+    folder = Path(folder)
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    save_tokenizer(pipe.tokenizer, folder / "tokenizer")
+    return folder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,16 +143,79 @@ def default_device() -> str:
     return "cpu"
 
 
-def _check_folder(folder: Path) -> None:
+def stable_diffusion_available(timeout: float = 3.0) -> bool:
+    """True where Stable Diffusion v1 can run: a CUDA GPU and a reachable Hugging Face Hub (Colab)."""
+    import socket
+
+    if not torch.cuda.is_available():
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _check_folder(folder: Path, what: str = "model folder") -> None:
     if not folder.is_dir():
         raise FileNotFoundError(
-            f"model folder {folder} does not exist. The shipped model lives in data/shapes-ldm of the "
-            f"p2p_lab repository; run from a full checkout, or retrain it with "
-            f"`python -m p2p_lab train`.")
+            f"{what} {folder} does not exist. Give the folder of a diffusers pipeline (one with a "
+            f"model_index.json), or leave it out for the shipped model.")
     missing = [p for p in PIPELINE_PARTS if not (folder / p).exists()]
     if missing:
-        raise FileNotFoundError(f"model folder {folder} is incomplete: missing {missing}. Restore it "
-                                f"from git (`git checkout -- {folder}`) or retrain it.")
+        hint = (f"restore it from git (`git checkout -- {folder}`) or retrain it"
+                if folder == SHIPPED_MODEL else "save a complete pipeline there with pipe.save_pretrained(folder)")
+        raise FileNotFoundError(f"{what} {folder} is not a complete diffusers pipeline folder: missing "
+                                f"{missing}; {hint}.")
+
+
+def _looks_local(model) -> bool:
+    text = str(model)
+    return (isinstance(model, Path) or Path(text).expanduser().exists()
+            or text.startswith((".", "/", "~")) or text.count("/") != 1)
+
+
+def pipeline_class():
+    """diffusers' ``StableDiffusionPipeline``, imported without transformers' notice that its image
+    processors fall back to PIL where torchvision is missing (the pipeline module imports one; the
+    course never uses it). Every part of the package gets the class here."""
+    import transformers.utils.logging as tlog
+
+    notices = tlog.get_logger("transformers.utils.import_utils")
+    level = notices.level
+    notices.setLevel(40)  # ERROR, for this import only
+    try:
+        from diffusers import StableDiffusionPipeline
+    finally:
+        notices.setLevel(level)
+    return StableDiffusionPipeline
+
+
+@contextlib.contextmanager
+def _loading_bars(show: bool):
+    """diffusers' and transformers' loading bars on or off for one load (a local folder loads in a
+    fraction of a second; a hub download of several GB should show its progress)."""
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    before = (dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled())
+    if not show:
+        dlog.disable_progress_bar()
+        tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if before[0]:
+            dlog.enable_progress_bar()
+        if before[1]:
+            tlog.enable_progress_bar()
+
+
+def _dtype_kwarg(dtype) -> dict:
+    """diffusers renamed ``torch_dtype`` to ``dtype`` (the old name warns); older releases know only it."""
+    from diffusers.pipelines import pipeline_utils
+
+    return {"dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype": dtype}
 
 
 def load_pipeline(model: str | os.PathLike | None = None, device: str | None = None,
@@ -140,27 +224,124 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | None = N
 
     ``model``: None (the shipped model), a local pipeline folder, or a hub id such as
     ``"CompVis/stable-diffusion-v1-4"``. ``device``: picked automatically (CUDA, then MPS, then
-    CPU). ``dtype``: float16 on CUDA, float32 elsewhere. The progress bar is switched off.
+    CPU). ``dtype``: float16 on CUDA, float32 elsewhere. The sampling progress bar is switched off
+    (the course's own loops show theirs).
     """
-    from diffusers import StableDiffusionPipeline
-
+    StableDiffusionPipeline = pipeline_class()
     device = device or default_device()
     dtype = dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
-    path = Path(model) if model is not None else SHIPPED_MODEL
-    is_local = model is None or path.exists() or str(model).startswith((".", "/", "~"))
-    if is_local:
-        _check_folder(path)
-        pipe = StableDiffusionPipeline.from_pretrained(str(path), torch_dtype=dtype,
-                                                       local_files_only=True)
-    else:
-        try:
-            pipe = StableDiffusionPipeline.from_pretrained(str(model), torch_dtype=dtype,
-                                                           safety_checker=None,
-                                                           requires_safety_checker=False)
-        except OSError as err:
-            raise OSError(
-                f"could not load {model!r}: no local folder has that name, and the Hugging Face Hub "
-                f"could not be reached or has no such model ({type(err).__name__}). A hub id needs the network (and, for some models, a login with `huggingface-cli login`). "
-                f"Offline, use the shipped model: load_pipeline() with no argument.") from err
+    local = model is None or _looks_local(model)
+    path = SHIPPED_MODEL if model is None else Path(str(model)).expanduser()
+    with _loading_bars(show=not local):
+        if local:
+            _check_folder(path)
+            pipe = StableDiffusionPipeline.from_pretrained(str(path), local_files_only=True,
+                                                           **_dtype_kwarg(dtype))
+        else:
+            try:
+                pipe = StableDiffusionPipeline.from_pretrained(str(model), safety_checker=None,
+                                                               requires_safety_checker=False,
+                                                               **_dtype_kwarg(dtype))
+            except OSError as err:
+                raise OSError(
+                    f"could not load {model!r}: no local folder has that name, and the Hugging Face Hub "
+                    f"could not be reached or has no such model ({type(err).__name__}). A hub id needs "
+                    f"the network (and, for some models, a login with `huggingface-cli login`). "
+                    f"Offline, use the shipped model: load_pipeline() with no argument, or "
+                    f"{MODEL_ENV}=shapes for the notebooks.") from err
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+# ---------------------------------------------------------------- the one model switch
+
+@dataclasses.dataclass(frozen=True)
+class ModelChoice:
+    """Which model the notebooks use, and why. ``model`` as :func:`load_pipeline` takes it."""
+
+    model: str | None  # None: the shipped model
+    reason: str
+
+
+def choose_model() -> ModelChoice:
+    """The course's model switch, in one place.
+
+    ``P2P_LAB_MODEL`` decides when it is set: ``shapes`` (the shipped model), a hub id such as
+    ``CompVis/stable-diffusion-v1-4``, or a local pipeline folder. Unset: Stable Diffusion v1.4
+    where it can run (a CUDA GPU and the Hugging Face Hub reachable: Colab with a GPU), else the
+    shipped model.
+    """
+    value = os.environ.get(MODEL_ENV, "").strip()
+    if value:
+        if value.lower() in ("shapes", "shipped"):
+            return ModelChoice(None, f"{MODEL_ENV}={value}")
+        if _looks_local(value):
+            _check_folder(Path(value).expanduser(), f"{MODEL_ENV}={value}: the folder")
+        return ModelChoice(value, f"{MODEL_ENV}={value}")
+    if stable_diffusion_available():
+        return ModelChoice(SD_V1, "a CUDA GPU and the Hugging Face Hub are reachable")
+    return ModelChoice(None, "no CUDA GPU with the Hugging Face Hub here")
+
+
+def _env_dtype() -> torch.dtype | None:
+    name = os.environ.get(DTYPE_ENV, "").strip()
+    if not name:
+        return None
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"{DTYPE_ENV}={name} is not a torch floating-point dtype; use float32, "
+                         f"float16 or bfloat16, or unset it")
+    return dtype
+
+
+def course_pipeline(device: str | None = None):
+    """The pipeline every notebook uses: the model :func:`choose_model` picks, loaded by
+    :func:`load_pipeline` and checked to be one the course can serve (:func:`model_kind`)."""
+    choice = choose_model()
+    pipe = load_pipeline(choice.model, device=device, dtype=_env_dtype())
+    model_kind(pipe)
+    pipe.p2p_lab_choice = choice  # what describe_model reports
+    return pipe
+
+
+def model_kind(pipe) -> str:
+    """``"shapes"`` for the shipped shapes-world model (16-token prompts), ``"sd"`` for a Stable
+    Diffusion v1-style model (77-token CLIP prompts, cross-attention width 768). The notebooks
+    branch on this; any other pipeline gets a clear error."""
+    L = pipe.tokenizer.model_max_length
+    width = pipe.unet.config.cross_attention_dim
+    if L == ModelConfig.max_length and width == ModelConfig.text_width:
+        return "shapes"
+    if L == 77 and width == 768:
+        return "sd"
+    raise ValueError(
+        f"the course's notebooks serve the shipped shapes-world model (16-token prompts, text width "
+        f"{ModelConfig.text_width}) and Stable Diffusion v1.x (77-token prompts, text width 768); this "
+        f"pipeline has {L}-token prompts and text width {width}. Set {MODEL_ENV}=shapes or "
+        f"{MODEL_ENV}={SD_V1}.")
+
+
+def is_shapes_model(pipe) -> bool:
+    """True for a shapes-world pipeline (16-token prompts), False for Stable Diffusion and others."""
+    return pipe.tokenizer.model_max_length == ModelConfig.max_length
+
+
+def describe_model(pipe) -> str:
+    """One line for a notebook's model cell: which model, why, image size, device and dtype."""
+    choice = getattr(pipe, "p2p_lab_choice", None)
+    name = "the shipped shapes-world model" if is_shapes_model(pipe) else (
+        choice.model if choice is not None and choice.model else pipe.config._name_or_path)
+    size = pipe.vae_scale_factor * pipe.unet.config.sample_size
+    why = f" ({choice.reason})" if choice is not None else ""
+    return f"model: {name}{why} | {size}x{size} images | {pipe.device.type}, {str(pipe.unet.dtype).replace('torch.', '')}"
+
+
+def course_steps(n: int) -> int:
+    """``n`` sampling steps, or fewer where ``P2P_LAB_STEPS`` asks for fewer (the course's tests do,
+    to run every notebook quickly)."""
+    cap = os.environ.get(STEPS_ENV, "").strip()
+    if not cap:
+        return n
+    if not cap.isdigit() or int(cap) < 1:
+        raise ValueError(f"{STEPS_ENV}={cap} must be a whole number >= 1, or unset")
+    return min(n, int(cap))

@@ -55,3 +55,17 @@ def build_tokenizer(folder: str | Path):
     write_bpe_files(folder)
     return CLIPTokenizer.from_pretrained(str(folder), bos_token=BOS, eos_token=EOS, pad_token=EOS,
                                          unk_token=EOS, model_max_length=MAX_LENGTH)
+
+
+def save_tokenizer(tokenizer, folder: str | Path) -> None:
+    """``tokenizer.save_pretrained(folder)`` plus the ``vocab.json`` and ``merges.txt`` of its BPE.
+
+    transformers 5 writes only ``tokenizer.json``; transformers 4 loads a ``CLIPTokenizer`` from
+    the two BPE files, so a pipeline folder carries both and loads with either.
+    """
+    folder = Path(folder)
+    tokenizer.save_pretrained(str(folder))
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    (folder / "vocab.json").write_text(json.dumps(model["vocab"]))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")

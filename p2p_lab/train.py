@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from . import shapes
 from .model import (ModelConfig, assemble_pipeline, build_scheduler, build_text_encoder,
-                    build_unet, build_vae)
+                    build_unet, build_vae, save_pipeline)
 
 
 @dataclasses.dataclass
@@ -480,8 +480,7 @@ def export(folder: Path, vae, unet, text_encoder, tokenizer) -> None:
     u.load_state_dict(unet.state_dict())
     te = CLIPTextModel(text_encoder.config)
     te.load_state_dict(text_encoder.state_dict())
-    pipe = assemble_pipeline(vae, te.eval(), tokenizer, u.eval())
-    pipe.save_pretrained(str(folder), safe_serialization=True)
+    save_pipeline(assemble_pipeline(vae, te.eval(), tokenizer, u.eval()), folder)
 
 
 def main(cfg: TrainConfig, mcfg: ModelConfig | None = None) -> Path:
