@@ -21,20 +21,23 @@ def world_words() -> list[str]:
     return ["a", "on", "and", "background", *shapes.SIZES, *shapes.COLORS, *shapes.SHAPES]
 
 
-def write_bpe_files(folder: str | Path) -> tuple[Path, Path]:
-    """Train a BPE on the world's words, drop the last merge of SPLIT_WORD, write vocab + merges."""
+def write_bpe_files(folder: str | Path, words: list[str] | None = None,
+                    split_words: tuple[str, ...] = (SPLIT_WORD,)) -> tuple[Path, Path]:
+    """Train a BPE on ``words`` (default: the world's words), drop the last merge of each of
+    ``split_words`` (so each stays two tokens), write vocab.json + merges.txt."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
+    words = world_words() if words is None else list(dict.fromkeys(words))
     tok = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    trainer = trainers.BpeTrainer(vocab_size=1000, min_frequency=1, special_tokens=[BOS, EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    trainer = trainers.BpeTrainer(vocab_size=max(1000, 400 + 12 * len(words)), min_frequency=1,
+                                  special_tokens=[BOS, EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   end_of_word_suffix="</w>", show_progress=False)
-    tok.train_from_iterator(world_words(), trainer=trainer)
+    tok.train_from_iterator(words, trainer=trainer)
     model = json.loads(tok.to_str())["model"]
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-    target = SPLIT_WORD + "</w>"
-    merges = [m for m in merges if m.replace(" ", "") != target]  # keep SPLIT_WORD in two pieces
+    split = {w + "</w>" for w in split_words}
+    merges = [m for m in merges if m.replace(" ", "") not in split]  # each split word: two pieces
     # Ids in a fixed order (the trainer's own ids vary from run to run): the byte alphabet, the
     # word-final single characters, each merge's result in merge order, then the special tokens.
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
@@ -48,13 +51,14 @@ def write_bpe_files(folder: str | Path) -> tuple[Path, Path]:
     return folder / "vocab.json", folder / "merges.txt"
 
 
-def build_tokenizer(folder: str | Path):
+def build_tokenizer(folder: str | Path, words: list[str] | None = None,
+                    split_words: tuple[str, ...] = (SPLIT_WORD,), max_length: int = MAX_LENGTH):
     """A ``transformers.CLIPTokenizer`` from freshly written BPE files in ``folder``."""
     from transformers import CLIPTokenizer
 
-    write_bpe_files(folder)
+    write_bpe_files(folder, words, split_words)
     return CLIPTokenizer.from_pretrained(str(folder), bos_token=BOS, eos_token=EOS, pad_token=EOS,
-                                         unk_token=EOS, model_max_length=MAX_LENGTH)
+                                         unk_token=EOS, model_max_length=max_length)
 
 
 def save_tokenizer(tokenizer, folder: str | Path) -> None:

@@ -1,8 +1,30 @@
-"""Shared fixtures: the shipped model, an SD-v1-topology model with random weights, one torch thread."""
+"""Shared fixtures: the shipped model, an SD-v1-topology model with random weights, one torch thread;
+and a plugin that fails a notebook cell (nbval) whose output holds a warning or a library notice."""
 import pytest
 import torch
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+class NotebookWarnings:
+    """Registered as a plugin (not a conftest hook), so it sees nbval's cells under notebooks/."""
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item):
+        result = yield
+        outputs = getattr(item, "test_outputs", None)  # nbval's IPyNbCell keeps the cell's outputs
+        if outputs:
+            from p2p_lab.testing import notebook_warnings
+
+            found = notebook_warnings(outputs)
+            if found:
+                raise AssertionError(f"{item.name}: the cell's output holds warnings a student should "
+                                     f"not see:\n" + "\n---\n".join(found))
+        return result
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(NotebookWarnings(), "p2p-lab-notebook-warnings")
 
 
 @pytest.fixture(scope="session")

@@ -89,3 +89,78 @@ def test_loader_defaults_to_cpu_float32_here():
     assert pipe.device.type == ("cuda" if torch.cuda.is_available() else pipe.device.type)
     assert pipe.unet.dtype == (torch.float16 if pipe.device.type == "cuda" else torch.float32)
     assert Path(pipe.config._name_or_path).resolve() == SHIPPED_MODEL.resolve()
+
+
+# ---------------------------------------------------------------- the one model switch
+
+@pytest.fixture(scope="module")
+def standin_folder(tmp_path_factory):
+    from p2p_lab.testing import save_sd_standin
+
+    return save_sd_standin(tmp_path_factory.mktemp("sd") / "standin")
+
+
+def test_switch_defaults_to_the_shipped_model_without_a_gpu(monkeypatch):
+    from p2p_lab.model import MODEL_ENV, choose_model
+
+    monkeypatch.delenv(MODEL_ENV, raising=False)
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the default may be Stable Diffusion")
+    assert choose_model().model is None
+    monkeypatch.setenv(MODEL_ENV, "shapes")
+    assert choose_model().model is None
+
+
+def test_switch_loads_a_pipeline_folder_and_names_its_kind(monkeypatch, standin_folder):
+    from p2p_lab.model import MODEL_ENV, course_pipeline, describe_model, model_kind
+
+    monkeypatch.setenv(MODEL_ENV, str(standin_folder))
+    pipe = course_pipeline(device="cpu")
+    assert model_kind(pipe) == "sd" and pipe.tokenizer.model_max_length == 77
+    assert str(standin_folder) in describe_model(pipe)
+    monkeypatch.setenv(MODEL_ENV, "shapes")
+    assert model_kind(course_pipeline(device="cpu")) == "shapes"
+
+
+def test_switch_errors_name_the_problem(monkeypatch, tmp_path, no_network):
+    from p2p_lab.model import MODEL_ENV, course_pipeline
+
+    monkeypatch.setenv(MODEL_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=f"{MODEL_ENV}=.*does not exist"):
+        course_pipeline()
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv(MODEL_ENV, str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="not a complete diffusers pipeline folder.*model_index"):
+        course_pipeline()
+    monkeypatch.setenv(MODEL_ENV, "CompVis/stable-diffusion-v1-4")
+    with pytest.raises(OSError, match="could not be reached.*P2P_LAB_MODEL=shapes"):
+        course_pipeline(device="cpu")
+
+
+def test_a_pipeline_the_course_cannot_serve_is_refused(shipped_pipe):
+    from p2p_lab.model import model_kind
+
+    class Odd:
+        tokenizer = type("T", (), {"model_max_length": 32})()
+        unet = type("U", (), {"config": type("C", (), {"cross_attention_dim": 512})()})()
+
+    assert model_kind(shipped_pipe) == "shapes"
+    with pytest.raises(ValueError, match="32-token prompts and text width 512"):
+        model_kind(Odd())
+
+
+def test_step_and_dtype_knobs(monkeypatch):
+    from p2p_lab.model import DTYPE_ENV, STEPS_ENV, _env_dtype, course_steps
+
+    monkeypatch.delenv(STEPS_ENV, raising=False)
+    assert course_steps(50) == 50
+    monkeypatch.setenv(STEPS_ENV, "3")
+    assert course_steps(50) == 3 and course_steps(2) == 2
+    monkeypatch.setenv(STEPS_ENV, "many")
+    with pytest.raises(ValueError, match=STEPS_ENV):
+        course_steps(50)
+    monkeypatch.setenv(DTYPE_ENV, "bfloat16")
+    assert _env_dtype() is torch.bfloat16
+    monkeypatch.setenv(DTYPE_ENV, "int8")
+    with pytest.raises(ValueError, match="not a torch floating-point dtype"):
+        _env_dtype()
