@@ -30,7 +30,8 @@ __all__ = [
     "latent_shape", "initial_latents", "SampleOutput", "sample",
     "decode", "encode", "image_to_tensor", "to_numpy",
     "AttentionLayer", "attention_layers", "LatentCost", "latent_cost", "seconds_per_image",
-    "diffusion_loss", "TrainLog", "train_copy", "BaselineStats", "fixed_seed_baseline",
+    "diffusion_loss", "TrainLog", "trainable_parameters", "train_briefly", "weights_fingerprint",
+    "BaselineStats", "fixed_seed_baseline",
 ]
 
 Tensor = torch.Tensor
@@ -431,19 +432,15 @@ def seconds_per_image(pipe, num_inference_steps: int, prompt: str = "a red circl
 
 # ---------------------------------------------------------------- Algorithm 1 on latents
 
-def diffusion_loss(pipe, images: Tensor, captions: list[str], generator: torch.Generator | None = None,
-                   unet=None, text_encoder=None) -> Tensor:
+def diffusion_loss(pipe, images: Tensor, captions: list[str], generator: torch.Generator | None = None) -> Tensor:
     """Algorithm 1 on latents: ``|| eps - eps_theta(sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps, t, c) ||^2``.
 
     z_0 comes from the frozen encoder; t ~ U{0..T-1}, eps ~ N(0, I). The text encoder runs with
-    gradients, so the loss trains it together with the UNet ("learned jointly"). ``unet`` and
-    ``text_encoder`` default to the pipeline's own.
+    gradients, so the loss trains it together with the UNet ("learned jointly").
     """
-    unet = unet or pipe.unet
-    text_encoder = text_encoder or pipe.text_encoder
+    unet, text_encoder = pipe.unet, pipe.text_encoder
     device = pipe_device(pipe)
-    dtype = next(unet.parameters()).dtype
-    z0 = encode(pipe, images).to(dtype)  # (b, C, h, w), no gradient: the autoencoder is frozen
+    z0 = encode(pipe, images).to(pipe_dtype(pipe))  # (b, C, h, w), no gradient: the autoencoder is frozen
     T = pipe.scheduler.config.num_train_timesteps
     t = torch.randint(0, T, (z0.shape[0],), generator=generator).to(device)  # (b,)
     eps = torch.randn(z0.shape, generator=generator).to(device, z0.dtype)  # (b, C, h, w)
@@ -458,41 +455,92 @@ def diffusion_loss(pipe, images: Tensor, captions: list[str], generator: torch.G
 @dataclasses.dataclass
 class TrainLog:
     losses: list[float]
-    unet_change: float  # relative change of the UNet's weights
-    text_change: float  # relative change of the text encoder's weights
-    unet: torch.nn.Module  # the trained copies (the pipeline's own modules are untouched)
-    text_encoder: torch.nn.Module
+    unet_change: float  # relative change of the UNet's trained weights
+    text_change: float  # relative change of the text encoder's trained weights
+    trained: list[str]  # names of the trained parameters ("unet." / "text_encoder." + name)
 
 
-def _rel_change(before: list[Tensor], module: torch.nn.Module) -> float:
-    num = sum(((p.detach() - b) ** 2).sum() for b, p in zip(before, module.parameters()))
-    den = sum((b ** 2).sum() for b in before)
-    return float((num / den).sqrt())
+def trainable_parameters(pipe, which: str = "all") -> dict[str, torch.nn.Parameter]:
+    """The parameters a training demo updates, by name (``"unet."`` / ``"text_encoder."`` + name).
 
-
-def train_copy(pipe, images: Tensor, captions: list[str], steps: int = 5, lr: float = 1e-4,
-               seed: int = 0, optimizer=torch.optim.Adam) -> TrainLog:
-    """A few Adam steps of :func:`diffusion_loss` on COPIES of the UNet and text encoder.
-
-    One optimizer updates both: the gradient of the denoising loss reaches the text encoder through
-    the cross-attention keys and values. The pipeline's own modules stay as they were. The copies
-    are float32; ``optimizer=torch.optim.SGD`` keeps no per-weight state (for a GPU with little memory).
+    ``which="all"``: every parameter of the UNet and the text encoder (the shipped model: 1.5 M).
+    ``which="cross-attention"``: only what the prompt passes through on its way into the image: the
+    UNet's cross-attention keys and values (``attn2.to_k``, ``attn2.to_v``) and the text encoder's
+    last layer and final norm (Stable Diffusion: about 6 % of its weights, so a demo fits a T4).
     """
-    unet = copy.deepcopy(pipe.unet).float().train()
-    text = copy.deepcopy(pipe.text_encoder).float().train()
-    before_u = [p.detach().clone() for p in unet.parameters()]
-    before_t = [p.detach().clone() for p in text.parameters()]
-    opt = optimizer(list(unet.parameters()) + list(text.parameters()), lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    losses = []
-    for _ in range(steps):
-        loss = diffusion_loss(pipe, images, captions, g, unet=unet, text_encoder=text)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return TrainLog(losses, _rel_change(before_u, unet), _rel_change(before_t, text),
-                    unet.eval(), text.eval())
+    if which not in ("all", "cross-attention"):
+        raise ValueError(f"which must be 'all' or 'cross-attention', got {which!r}")
+    n_text = pipe.text_encoder.config.num_hidden_layers
+    last = (f"encoder.layers.{n_text - 1}.", "final_layer_norm.")  # transformers 4 adds "text_model."
+    out = {}
+    for part, module in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder)):
+        for name, p in module.named_parameters():
+            keep = which == "all" or (".attn2.to_k." in name or ".attn2.to_v." in name
+                                      if part == "unet" else name.removeprefix("text_model.").startswith(last))
+            if keep:
+                out[f"{part}.{name}"] = p
+    return out
+
+
+def _rel_change(before: dict, params: dict, part: str) -> float:
+    names = [n for n in before if n.startswith(part + ".")]
+    num = sum(((params[n].detach().float() - before[n].float()) ** 2).sum() for n in names)
+    den = sum((before[n].float() ** 2).sum() for n in names)
+    return float((num / den).sqrt()) if names else 0.0
+
+
+def train_briefly(pipe, images: Tensor, captions: list[str], steps: int = 5, lr: float = 1e-4,
+                  seed: int = 0, which: str = "all", optimizer=torch.optim.Adam) -> TrainLog:
+    """A few optimizer steps of :func:`diffusion_loss`, then every trained weight put back.
+
+    One optimizer updates the UNet's and the text encoder's parameters of
+    :func:`trainable_parameters` (``which``): the gradient of the denoising loss reaches the text
+    encoder through the cross-attention keys and values. The trained weights are float32 during
+    training (under autocast where the pipeline is float16 or bfloat16) and the pipeline's own
+    weights are restored exactly afterwards, even on error; only the trained ones are copied, so a
+    demo on Stable Diffusion fits a Colab T4 (``which="cross-attention"``, a small batch).
+    """
+    params = trainable_parameters(pipe, which)
+    saved = {n: p.data for n, p in params.items()}  # the pipeline's own tensors, put back below
+    flags = {id(p): p.requires_grad for m in (pipe.unet, pipe.text_encoder) for p in m.parameters()}
+    low = pipe_dtype(pipe) in (torch.float16, torch.bfloat16)
+    device = pipe_device(pipe)
+    try:
+        for m in (pipe.unet, pipe.text_encoder):
+            m.requires_grad_(False)
+        for p in params.values():
+            p.data = p.data.float().clone()  # float32 copies of the trained weights only
+            p.requires_grad_(True)
+        opt = optimizer(list(params.values()), lr=lr)
+        g = torch.Generator().manual_seed(seed)
+        losses = []
+        for _ in range(steps):
+            with torch.autocast(device.type, dtype=pipe_dtype(pipe), enabled=low):
+                loss = diffusion_loss(pipe, images, captions, g)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        log = TrainLog(losses, _rel_change(saved, params, "unet"),
+                       _rel_change(saved, params, "text_encoder"), list(params))
+    finally:
+        for n, p in params.items():
+            p.grad = None
+            p.data = saved[n]
+        for m in (pipe.unet, pipe.text_encoder):
+            for p in m.parameters():
+                p.requires_grad_(flags[id(p)])
+    return log
+
+
+def weights_fingerprint(module: torch.nn.Module) -> tuple[float, ...]:
+    """Per-tensor sums and sums of squares (float64) of a module's weights: equal fingerprints mean
+    unchanged weights, checked without copying them (Stable Diffusion's UNet is 1.7 GB in fp16)."""
+    out = []
+    for t in module.state_dict().values():
+        t = t.detach().double()
+        out += [float(t.sum()), float((t * t).sum())]
+    return tuple(out)
 
 
 # ---------------------------------------------------------------- the fixed-seed baseline
@@ -532,13 +580,14 @@ def _images_for_seeds(pipe, prompt: str, seeds: list[int], steps: int, w: float,
 
 def fixed_seed_baseline(pipe, source: str, target: str, seeds, num_inference_steps: int = 20,
                         guidance_scale: float = 7.5, threshold: float = 2.0,
-                        batch_size: int = 10) -> BaselineStats:
+                        batch_size: int = 10, score: bool = True) -> BaselineStats:
     """Sample ``source`` and ``target`` from the same z_T per seed and read both images back.
 
     Each seed's z_T is the one ``pipe(generator=torch.Generator("cpu").manual_seed(seed))`` uses.
     Uses the shapes-world scorer (:func:`p2p_lab.shapes.read_image`), so the numbers mean
     something for the shipped model only: the centroid shift of the largest object, and whether
-    the background colour changed.
+    the background colour changed. ``score=False`` (Stable Diffusion) keeps the images only; the
+    numbers are then nan / False.
     """
     from .shapes import read_image
 
@@ -547,10 +596,10 @@ def fixed_seed_baseline(pipe, source: str, target: str, seeds, num_inference_ste
                 for p in (source, target))
     shift, bg, found = [], [], []
     for a, b in zip(src, tgt):
-        ra, rb = read_image(a), read_image(b)
-        ok = bool(ra.objects and rb.objects)
+        ra, rb = (read_image(a), read_image(b)) if score else (None, None)
+        ok = bool(score and ra.objects and rb.objects)
         found.append(ok)
         shift.append(float(np.hypot(*np.subtract(ra.objects[0].centroid, rb.objects[0].centroid)))
                      if ok else float("nan"))
-        bg.append(ra.background != rb.background)
+        bg.append(bool(score and ra.background != rb.background))
     return BaselineStats(seeds, shift, bg, found, threshold, src, tgt)

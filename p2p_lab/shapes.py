@@ -249,6 +249,11 @@ def read_image(image, min_pixels: int = 6) -> Reading:
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[-1] != 3:
         raise ValueError(f"read_image expects an (H, W, 3) RGB image, got shape {img.shape}")
+    if max(img.shape[:2]) > 4 * IMAGE_SIZE:
+        raise ValueError(f"the shapes-world scorer reads the shapes world's small pictures ({IMAGE_SIZE}x"
+                         f"{IMAGE_SIZE}); this one is {img.shape[0]}x{img.shape[1]}, as Stable Diffusion "
+                         f"draws them, and a photograph has no ground truth to read. Score only on the "
+                         f"shipped model (p2p_lab.model.model_kind(pipe) == 'shapes')")
     if img.dtype != np.uint8:
         img = np.clip(np.asarray(img, np.float64) * 255.0, 0, 255)
     labels = nearest_color(img)  # (H, W)

@@ -116,3 +116,5 @@ def test_score_caption_flags_the_wrong_attribute():
 def test_read_image_rejects_wrong_shapes():
     with pytest.raises(ValueError, match="RGB"):
         shapes.read_image(np.zeros((32, 32)))
+    with pytest.raises(ValueError, match="shapes-world scorer.*512x512"):
+        shapes.read_image(np.zeros((512, 512, 3)))
