@@ -299,18 +299,32 @@ def _copy_tree(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def release(out_dir, notebooks_dir=None, repo_root=None) -> Path:
+def point_at_repo(nb, name: str, repo: str):
+    """The notebook's Colab badge and Colab install line rewritten for the GitHub repository ``repo``."""
+    from . import colab_url, install_spec
+
+    old = (colab_url(name), install_spec())
+    new = (colab_url(name, repo), install_spec(repo))
+    for cell in nb.cells:
+        for a, b in zip(old, new):
+            cell.source = cell.source.replace(f"({a})", f"({b})").replace(f'"{a}"', f'"{b}"')
+    return nb
+
+
+def release(out_dir, notebooks_dir=None, repo_root=None, repo: str | None = None) -> Path:
     """Write ``out_dir/student`` and ``out_dir/autograder`` from the master notebooks.
 
     ``student/``: ``notebooks/`` (stubs in place of solutions, outputs cleared), the ``p2p_lab``
     package, ``data/`` (the shipped model), ``pyproject.toml`` and a README (``pip install -e .``).
     ``autograder/``: the same package and data, ``tests/hidden/``, and Gradescope's
-    ``setup.sh`` / ``run_autograder`` with a README. Returns ``out_dir``.
+    ``setup.sh`` / ``run_autograder`` with a README. ``repo``: the GitHub repository ("owner/name")
+    the student version will live in; its notebooks' Colab badges and install lines point there
+    (default: ``p2p_lab.COLAB_REPO``). Returns ``out_dir``.
     """
     import nbformat
 
-    repo = Path(repo_root or REPO_ROOT)
-    notebooks_dir = Path(notebooks_dir or repo / "notebooks")
+    root = Path(repo_root or REPO_ROOT)
+    notebooks_dir = Path(notebooks_dir or root / "notebooks")
     out = Path(out_dir)
     masters = sorted(notebooks_dir.glob("*.ipynb"))
     if not masters:
@@ -320,15 +334,19 @@ def release(out_dir, notebooks_dir=None, repo_root=None) -> Path:
         if d.exists():
             shutil.rmtree(d)
     versions = {p.name: student_notebook(nbformat.read(p, as_version=4), p.name) for p in masters}
+    if repo is not None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", repo):
+            raise ValueError(f"repo must be a GitHub repository as owner/name, got {repo!r}")
+        versions = {name: point_at_repo(nb, name, repo) for name, nb in versions.items()}
     (student / "notebooks").mkdir(parents=True)
     for name, nb in versions.items():
         nbformat.write(nb, student / "notebooks" / name)
     for target in (student, grader):
         for part in ("p2p_lab", "data", "pyproject.toml", "README.md", "LICENSE"):
-            _copy_tree(repo / part, target / part)
+            _copy_tree(root / part, target / part)
     hidden = grader / "tests" / "hidden"
     hidden.mkdir(parents=True)
-    for p in sorted((repo / "tests" / "hidden").glob("hidden_*.py")):
+    for p in sorted((root / "tests" / "hidden").glob("hidden_*.py")):
         shutil.copy2(p, hidden / p.name)
     _write_bundle_files(student, grader, sorted(versions))
     return out
@@ -338,7 +356,7 @@ _STUDENT_README = """# p2p_lab: student version
 
 Install once (a CPU-only torch first on a laptop), then open the notebooks:
 
-    pip install -e .
+    pip install -e ".[lab]"
     jupyter lab notebooks/
 
 Each exercise cell raises `NotImplementedError` until you write your solution; the cell after it
@@ -349,7 +367,7 @@ _GRADER_README = """# p2p_lab autograder
 
 Local grading (from this folder):
 
-    pip install -e .
+    pip install -e ".[lab]"
     python -m p2p_lab grade SUBMISSION.ipynb --json results.json
     python -m p2p_lab grade SUBMISSIONS_DIR --json results_dir/   # one JSON per notebook
 
@@ -372,7 +390,7 @@ _SETUP = """#!/usr/bin/env bash
 # Gradescope set-up: CPU-only torch first, then the package with its dependencies.
 set -eu
 pip3 install --index-url https://download.pytorch.org/whl/cpu torch
-pip3 install -e /autograder/source
+pip3 install -e "/autograder/source[lab]"
 """
 
 
@@ -923,7 +941,7 @@ def _child_main(config_path: str) -> None:
 # === command line ==============================================================================
 
 def _release_cmd(args) -> int:
-    out = release(args.out, args.notebooks)
+    out = release(args.out, args.notebooks, repo=args.repo)
     print(f"student version: {out / 'student'}\nautograder: {out / 'autograder'}")
     return 0
 
@@ -951,6 +969,8 @@ def register_cli(subparsers) -> dict:
     p = subparsers.add_parser("release", help=commands["release"][0])
     p.add_argument("out", help="output folder (gets student/ and autograder/)")
     p.add_argument("--notebooks", default=None, help="folder of master notebooks (default: notebooks/)")
+    p.add_argument("--repo", default=None, help="GitHub owner/name the student version is published "
+                   "at: the notebooks' Colab badges and install lines point there (default: p2p_lab.COLAB_REPO)")
     p = subparsers.add_parser("grade", help=commands["grade"][0])
     p.add_argument("submission", help="a notebook, or a folder of notebooks")
     p.add_argument("--json", default=None, help="results file (or folder, for a folder of notebooks)")

@@ -27,7 +27,7 @@ __all__ = [
     "pipe_device", "pipe_dtype", "with_scheduler",
     "tokenize", "encode_text", "PromptEmbeddings", "encode_prompt",
     "guidance", "predict_x0", "StepOutput", "guided_eps", "denoise_step", "sampling_step",
-    "latent_shape", "initial_latents", "SampleOutput", "sample",
+    "latent_shape", "initial_latents", "SampleOutput", "progress_bar", "sample",
     "decode", "encode", "image_to_tensor", "to_numpy",
     "AttentionLayer", "attention_layers", "LatentCost", "latent_cost", "seconds_per_image",
     "diffusion_loss", "TrainLog", "trainable_parameters", "train_briefly", "weights_fingerprint",
@@ -263,17 +263,28 @@ class SampleOutput:
         return to_numpy(self.images)
 
 
-def _progress(iterable, enabled: bool, total: int):
+def progress_bar(pipe, iterable, total: int, desc: str = "sampling", enabled: bool | None = None):
+    """A tqdm bar over ``iterable`` (as diffusers shows one), or the iterable itself when quiet.
+
+    ``enabled=None``: on for Stable Diffusion and other large models, where a call takes seconds to
+    minutes; off for the shipped model, where it takes a fraction of a second.
+    """
+    from .model import is_shapes_model
+
+    if enabled is None:
+        enabled = not is_shapes_model(pipe)
+    if not enabled:
+        return iterable
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc="sampling", disable=not enabled, leave=False)
+    return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
 @torch.no_grad()
 def sample(pipe, prompt, seed=0, num_inference_steps: int = 50, guidance_scale: float = 7.5,
            negative_prompt: str = "", latents: Tensor | None = None, height: int | None = None,
            width: int | None = None, eta: float = 0.0, return_intermediates: bool = False,
-           progress: bool = True) -> SampleOutput:
+           progress: bool | None = None) -> SampleOutput:
     """Text -> image by hand: encode the prompt, draw z_T, run the scheduler's steps, decode z_0.
 
     Gives the same images as ``pipe(prompt, num_inference_steps=..., guidance_scale=...,
@@ -281,6 +292,7 @@ def sample(pipe, prompt, seed=0, num_inference_steps: int = 50, guidance_scale: 
     ``w < 1`` the library skips guidance, while this loop still applies the formula, so ``w = 0``
     is the unconditional model). ``latents`` replaces the drawn z_T (it must already include
     ``init_noise_sigma``). ``return_intermediates`` keeps z_t and the predicted z_0 of every step.
+    ``progress``: a progress bar (default: on for Stable Diffusion, off for the shipped model).
     """
     prompts = _as_list(prompt)
     emb = encode_prompt(pipe, prompts, negative_prompt)
@@ -292,7 +304,7 @@ def sample(pipe, prompt, seed=0, num_inference_steps: int = 50, guidance_scale: 
     timesteps = scheduler.timesteps  # counting down, e.g. 981, 961, ..., 1 for 50 DDIM steps
     traj = [z.float().cpu()] if return_intermediates else None
     x0s = [] if return_intermediates else None
-    for t in _progress(timesteps, progress, len(timesteps)):
+    for t in progress_bar(pipe, timesteps, len(timesteps), enabled=progress):
         out = denoise_step(pipe.unet, scheduler, z, t, embeddings, guidance_scale, g, eta)
         z = out.prev  # (b, C, h, w)
         if return_intermediates:

@@ -100,12 +100,23 @@ def assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler=None):
 
 
 def save_pipeline(pipe, folder: str | os.PathLike) -> Path:
-    """A standard diffusers pipeline folder (safetensors only) that loads with transformers 4 and 5."""
+    """A standard diffusers pipeline folder (safetensors only) that loads with transformers 4 and 5.
+
+    transformers 5 saves a CLIPTextModel's weights without the ``text_model.`` prefix, and
+    transformers 4 then loads none of them (it warns and starts from random weights); with the
+    prefix, both load them. The tokenizer gets its BPE files too (:func:`~p2p_lab.tokenizer.save_tokenizer`).
+    """
+    from safetensors.torch import load_file, save_file
+
     from .tokenizer import save_tokenizer
 
     folder = Path(folder)
     pipe.save_pretrained(str(folder), safe_serialization=True)
     save_tokenizer(pipe.tokenizer, folder / "tokenizer")
+    weights = folder / "text_encoder" / "model.safetensors"
+    state = load_file(str(weights))
+    save_file({k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in state.items()},
+              str(weights), metadata={"format": "pt"})
     return folder
 
 
@@ -191,20 +202,35 @@ def pipeline_class():
     return StableDiffusionPipeline
 
 
+class _DropTorchDtypeNotice:
+    """A logging filter: transformers 4.56-4.57 warn that ``torch_dtype`` is deprecated whenever
+    diffusers releases of their time (which know only that name) load a text encoder."""
+
+    def filter(self, record) -> bool:
+        return "`torch_dtype` is deprecated" not in record.getMessage()
+
+
 @contextlib.contextmanager
-def _loading_bars(show: bool):
-    """diffusers' and transformers' loading bars on or off for one load (a local folder loads in a
-    fraction of a second; a hub download of several GB should show its progress)."""
+def _loading(show_bars: bool):
+    """One load: diffusers' and transformers' loading bars on or off (a local folder loads in a
+    fraction of a second; a hub download of several GB should show its progress), and without
+    the libraries' notices about each other's argument names."""
     import diffusers.utils.logging as dlog
     import transformers.utils.logging as tlog
 
     before = (dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled())
-    if not show:
+    if not show_bars:
         dlog.disable_progress_bar()
         tlog.disable_progress_bar()
+    handlers = tlog.get_logger().handlers  # transformers' library logger (its children propagate)
+    notice = _DropTorchDtypeNotice()
+    for h in handlers:
+        h.addFilter(notice)
     try:
         yield
     finally:
+        for h in handlers:
+            h.removeFilter(notice)
         if before[0]:
             dlog.enable_progress_bar()
         if before[1]:
@@ -232,7 +258,7 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | None = N
     dtype = dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
     local = model is None or _looks_local(model)
     path = SHIPPED_MODEL if model is None else Path(str(model)).expanduser()
-    with _loading_bars(show=not local):
+    with _loading(show_bars=not local):
         if local:
             _check_folder(path)
             pipe = StableDiffusionPipeline.from_pretrained(str(path), local_files_only=True,

@@ -18,6 +18,7 @@ which stay two tokens as rare words do in CLIP's real vocabulary) and the shapes
 """
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -129,20 +130,22 @@ def save_sd_standin(folder: str | Path, size: str = "tiny", seed: int = 0,
 
 # ---------------------------------------------------------------- running the notebooks as a student would
 
-_NOTICE_MARKS = ("warning", "deprecat", "[transformers]", "[diffusers]")
+_PROGRESS = re.compile(r"^[^\n]*\d+%\|[^\n]*\|[^\n]*$|^\s*$")  # a tqdm line: "sampling: 40%|####  | 2/5 [...]"
 
 
 def notebook_warnings(outputs) -> list[str]:
-    """The stderr texts among a cell's ``outputs`` (or every cell's, for a whole notebook) that are
-    warnings or library notices: output a student should not have to read past."""
+    """What a cell (or every cell of a notebook) wrote to stderr, progress bars aside: library
+    warnings and notices a student should not have to read past ("Some weights were not used...",
+    "`torch_dtype` is deprecated", ...)."""
     if hasattr(outputs, "cells"):
         return [w for c in outputs.cells if c.cell_type == "code" for w in notebook_warnings(c.outputs)]
     found = []
     for out in outputs:
         if out.get("output_type") == "stream" and out.get("name") == "stderr":
-            text = out.get("text", "")
-            if any(mark in text.lower() for mark in _NOTICE_MARKS):
-                found.append(text.strip()[:500])
+            lines = [line for line in out.get("text", "").replace("\r", "\n").split("\n")
+                     if not _PROGRESS.match(line)]
+            if lines:
+                found.append("\n".join(lines)[:500])
     return found
 
 

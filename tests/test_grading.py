@@ -103,6 +103,20 @@ def test_student_release_has_no_solutions_and_no_hidden_tests(released):
                 assert scell.source == cell.source
 
 
+def test_release_points_the_notebooks_at_the_course_repository(tmp_path):
+    from p2p_lab import COLAB_REPO, colab_url, install_spec
+    from p2p_lab.__main__ import main
+
+    assert main(["release", str(tmp_path), "--repo", "my-course/p2p-2027"]) == 0
+    for path in sorted((tmp_path / "student" / "notebooks").glob("*.ipynb")):
+        text = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells)
+        assert f"({colab_url(path.name, 'my-course/p2p-2027')})" in text
+        assert f'!pip -q install "{install_spec("my-course/p2p-2027")}"' in text
+        assert COLAB_REPO not in text, path.name
+    with pytest.raises(ValueError, match="owner/name"):
+        grading.release(tmp_path / "again", repo="https://github.com/my-course")
+
+
 # --- forbid ------------------------------------------------------------------------------------
 
 def test_forbid_catches_attribute_alias_and_captured_references():

@@ -232,3 +232,18 @@ def test_fixed_seed_baseline_same_prompt_changes_nothing(shipped_pipe):
     assert stats.seeds == [0, 1] and len(stats.shift) == 2
     assert not any(stats.background_changed)
     assert all(s == 0 for s, f in zip(stats.shift, stats.found) if f)
+
+
+def test_progress_bar_on_for_stable_diffusion_quiet_on_the_shipped_model(shipped_pipe, sd_like_pipe, capsys):
+    from p2p_lab import p2p
+
+    for sample in (lambda pipe, **kw: ldm.sample(pipe, "a cat", 0, 2, 7.5, **kw),
+                   lambda pipe, **kw: p2p.sample(pipe, "a cat", num_inference_steps=2, **kw),
+                   lambda pipe, **kw: p2p.edit(pipe, "a red cat", "a blue cat", num_inference_steps=2, **kw)):
+        capsys.readouterr()
+        sample(sd_like_pipe)
+        assert "2/2" in capsys.readouterr().err  # tqdm's count of steps
+        sample(shipped_pipe)
+        assert capsys.readouterr().err == ""
+        sample(sd_like_pipe, progress=False)
+        assert capsys.readouterr().err == ""

@@ -164,3 +164,11 @@ def test_step_and_dtype_knobs(monkeypatch):
     monkeypatch.setenv(DTYPE_ENV, "int8")
     with pytest.raises(ValueError, match="not a torch floating-point dtype"):
         _env_dtype()
+
+
+def test_text_encoder_weights_carry_the_prefix_transformers_4_loads():
+    from safetensors.torch import load_file
+
+    keys = load_file(str(SHIPPED_MODEL / "text_encoder" / "model.safetensors"))
+    assert keys and all(k.startswith("text_model.") for k in keys)
+    assert (SHIPPED_MODEL / "tokenizer" / "vocab.json").exists() and (SHIPPED_MODEL / "tokenizer" / "merges.txt").exists()

@@ -5,7 +5,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from p2p_lab import colab_url
+from p2p_lab import colab_url, install_spec
 from p2p_lab.grading import BEGIN, END, _questions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,8 +50,14 @@ def test_one_setup_cell(notebook):
     code = [c for c in nb.cells if c.cell_type == "code"]
     setup = [c for c in code if SETUP_MARK in c.source]
     assert len(setup) == 1 and setup[0] is code[0], f"{path.name}: the setup cell must be the first code cell"
-    for line in ("device = default_device()", "torch.manual_seed(0)", 'print("device:", device)'):
+    for line in ("device = default_device()", "torch.manual_seed(0)", 'print("device:", device)',
+                 f'    !pip -q install "{install_spec()}"'):
         assert line in setup[0].source
+
+
+def test_no_widget_state_is_saved(notebook):
+    path, nb = notebook
+    assert "widgets" not in nb.metadata, f"{path.name} keeps widget state (progress bars of a past run)"
 
 
 def test_metadata(notebook):

@@ -13,7 +13,8 @@ def _name(requirement: str) -> str:
 
 def test_environment_yml_lists_the_same_packages_as_pyproject():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pip_names = {_name(r) for r in meta["dependencies"] + meta["optional-dependencies"]["test"]}
+    extras = meta["optional-dependencies"]
+    pip_names = {_name(r) for r in meta["dependencies"] + extras["lab"] + extras["test"]} - {"p2p-lab"}
     conda = []
     text = (ROOT / "environment.yml").read_text()
     for line in text[text.index("dependencies:"):].splitlines():
@@ -45,3 +46,28 @@ def test_readme_has_two_commands_and_ci_runs_the_test_one():
 def test_no_pickle_weights_in_data():
     bad = [p for p in (ROOT / "data").rglob("*") if p.suffix in {".bin", ".pt", ".pth", ".ckpt", ".pkl"}]
     assert not bad
+
+
+def _colab_preinstalled() -> dict[str, str]:
+    import ast
+
+    tree = ast.parse((ROOT / ".ci" / "colab_home.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "COLAB_PREINSTALLED":
+            return {_name(e.value): e.value.split("==")[1] for e in node.value.elts}
+    raise AssertionError("COLAB_PREINSTALLED not found in .ci/colab_home.py")
+
+
+def test_installing_on_colab_upgrades_nothing_colab_ships_and_adds_no_lab_tools():
+    """Every dependency's lower bound admits the (older) version the Colab-like home preinstalls,
+    and the package itself needs neither JupyterLab nor the test tools (they are extras)."""
+    from packaging.requirements import Requirement
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    colab = _colab_preinstalled()
+    for req in map(Requirement, meta["dependencies"]):
+        name = _name(req.name)
+        if name in colab:
+            assert req.specifier.contains(colab[name]), f"{req} would replace Colab's {name} {colab[name]}"
+    core = {_name(r) for r in meta["dependencies"]}
+    assert not core & {"jupyterlab", "nbval", "pytest", "nbclient", "nbformat", "notebook", "playwright"}

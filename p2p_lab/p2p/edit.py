@@ -83,7 +83,7 @@ def edit(pipe, source: str, targets, *, mode: str | None = None, cross_tau=0.8, 
          reweight: dict | None = None, local_blend=None, mapper: str = "copy", seed: int = 0,
          num_inference_steps: int | None = None, guidance_scale: float | None = None,
          cache: SourceCache | None = None, store=None, self_max_res: int = 16,
-         context_tau=None) -> EditResult:
+         context_tau=None, progress: bool | None = None) -> EditResult:
     """Edit the image of ``source`` into each of ``targets`` (Prompt-to-Prompt).
 
     mode: "replace" (word swap, also one word -> several), "refine" (phrase insertion by
@@ -101,11 +101,12 @@ def edit(pipe, source: str, targets, *, mode: str | None = None, cross_tau=0.8, 
     (the shipped model partly does) moves the object even when the attention maps are the
     source's. Not in the paper. None: the model's default (``p2p_lab.model.sampling_defaults``:
     0 for Stable Diffusion, as in the paper).
+    progress: a progress bar over the steps (default: on for Stable Diffusion, off for the shipped model).
     """
     targets = _prompt_list(targets)
     require_cross_attention(pipe.unet)
     tok = pipe.tokenizer
-    run = resolve_run(pipe, seed, num_inference_steps, guidance_scale)
+    run = resolve_run(pipe, seed, num_inference_steps, guidance_scale, progress)
     layers = attention_layers(pipe, run.latent_hw)
     scheduler = make_scheduler(pipe, run.num_steps)
     n = len(scheduler.timesteps)  # the loop's steps schedule tau

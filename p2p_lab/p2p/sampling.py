@@ -27,13 +27,14 @@ class Run:
     guidance_scale: float
     latent_hw: tuple[int, int]
     seed: int
+    progress: bool | None = None  # a progress bar; None: on for Stable Diffusion, off for the shipped model
 
     @property
     def cfg(self) -> bool:
         return self.guidance_scale > 1.0
 
 
-def resolve_run(pipe, seed, num_inference_steps, guidance_scale) -> Run:
+def resolve_run(pipe, seed, num_inference_steps, guidance_scale, progress: bool | None = None) -> Run:
     """Unset steps / guidance come from the model: p2p_lab.model.sampling_defaults(pipe)."""
     from ..model import sampling_defaults
 
@@ -42,7 +43,7 @@ def resolve_run(pipe, seed, num_inference_steps, guidance_scale) -> Run:
     if steps < 1:
         raise ValueError(f"num_inference_steps = {steps}; use at least 1 step")
     g = default.guidance_scale if guidance_scale is None else float(guidance_scale)
-    return Run(steps, g, default_latent_hw(pipe), int(seed))
+    return Run(steps, g, default_latent_hw(pipe), int(seed), progress)
 
 
 def _device_dtype(pipe):
@@ -82,10 +83,12 @@ def initial_noise(pipe, run: Run, n_rows: int, scheduler) -> torch.Tensor:
 def denoise(pipe, cond, uncond, z, scheduler, run: Run, control=None, on_step=None, start: int = 0) -> torch.Tensor:
     """The reverse loop z_T -> z_0. ``control.step`` is set to the loop index before each UNet call;
     ``on_step(i, z)`` may change the latents after each scheduler step. ``start``: the loop index
-    to begin at, ``z`` being the latents before that step (for schedulers without multistep state)."""
-    for i, t in enumerate(scheduler.timesteps):
-        if i < start:
-            continue
+    to begin at, ``z`` being the latents before that step (for schedulers without multistep state).
+    A progress bar shows where ``run.progress`` asks for one (None: on for Stable Diffusion)."""
+    from ..ldm import progress_bar
+
+    steps = list(enumerate(scheduler.timesteps))[start:]
+    for i, t in progress_bar(pipe, steps, len(steps), enabled=run.progress):
         c = cond(i) if callable(cond) else cond  # a callable: text embeddings that change by step
         emb = torch.cat([uncond.expand(len(c), -1, -1), c]) if run.cfg else c
         if control is not None:
@@ -133,25 +136,28 @@ def _prompt_list(prompts) -> list[str]:
 
 @strict_options
 def sample(pipe, prompts, *, seed: int = 0, num_inference_steps: int | None = None,
-           guidance_scale: float | None = None, store=None, latents=None) -> np.ndarray:
+           guidance_scale: float | None = None, store=None, latents=None,
+           progress: bool | None = None) -> np.ndarray:
     """Plain sampling of every prompt from the same z_T: images (n, H, W, 3) float32 in [0, 1].
 
     ``store``: an AttentionStore to fill. ``latents``: your own z_T (n, C, h, w), already scaled.
+    ``progress``: a progress bar (default: on for Stable Diffusion, off for the shipped model).
     """
     from .controls import StoreControl
 
     prompts = _prompt_list(prompts)
-    run = resolve_run(pipe, seed, num_inference_steps, guidance_scale)
+    run = resolve_run(pipe, seed, num_inference_steps, guidance_scale, progress)
     control = None if store is None else StoreControl(store, run.latent_hw, 0)
     return decode(pipe, run_loop(pipe, prompts, run, control, latents=latents))
 
 
 @strict_options
 def fixed_seed(pipe, source: str, targets, *, seed: int = 0, num_inference_steps: int | None = None,
-               guidance_scale: float | None = None) -> np.ndarray:
+               guidance_scale: float | None = None, progress: bool | None = None) -> np.ndarray:
     """The baseline: source and targets from the same z_T, no attention control. (1 + T, H, W, 3)."""
     return sample(pipe, [source, *_prompt_list(targets)], seed=seed,
-                  num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+                  num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                  progress=progress)
 
 
 def latent_mask(mask, latent_hw, device) -> torch.Tensor:
@@ -166,10 +172,11 @@ def latent_mask(mask, latent_hw, device) -> torch.Tensor:
 
 @strict_options
 def mask_blend(pipe, source: str, target: str, mask, *, seed: int = 0,
-               num_inference_steps: int | None = None, guidance_scale: float | None = None) -> np.ndarray:
+               num_inference_steps: int | None = None, guidance_scale: float | None = None,
+               progress: bool | None = None) -> np.ndarray:
     """Mask-based editing (blended latent diffusion): outside ``mask`` the target's latent follows
     the source's trajectory, z*_t <- m z*_t + (1 - m) z_t after every step. Images (2, H, W, 3)."""
-    run = resolve_run(pipe, seed, num_inference_steps, guidance_scale)
+    run = resolve_run(pipe, seed, num_inference_steps, guidance_scale, progress)
     device, dtype = _device_dtype(pipe)
     m = latent_mask(mask, run.latent_hw, device).to(dtype)
 

@@ -1,0 +1,212 @@
+"""Homes 2 and 3 as a new user meets them: every notebook run the way Colab runs it.
+
+1. A fresh virtual environment gets what a Colab CPU runtime has preinstalled (torch first, then
+   COLAB_PREINSTALLED: older transformers and diffusers than the suite's, ipywidgets 7.7), and
+   nothing of this repository.
+2. The package is built as a wheel; only the .ipynb files are copied into an empty folder; the
+   kernel starts with a stand-in ``google.colab`` module imported, so each notebook's Colab set-up
+   cell runs, its install line pointed at that wheel (``pip install`` of the wheel, dependencies
+   from the package index). No notebook can read a file of the repository.
+3. Every notebook runs top to bottom; none may print a warning; the install must not have upgraded
+   or downgraded a package Colab ships, nor pulled in JupyterLab or nbval; the installed model
+   draws the same image on Colab's libraries as the checkout does on the suite's.
+4. The headless widget tests run in the same environment (ipywidgets 7.7, the package installed
+   from the wheel).
+
+Usage (with the suite's environment active): python .ci/colab_home.py WORK_DIR
+(prints one line per notebook; exit status 1 on failure)
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import numpy as np
+
+from p2p_lab.testing import notebook_warnings
+
+ROOT = Path(__file__).resolve().parent.parent
+TORCH = "torch==2.13.0"  # the CPU build on this machine's disk; installed first (see README)
+# What Colab's runtime brings, at versions older than the suite's own environment. The package must
+# run on them unchanged, and installing it must not replace any of them.
+COLAB_PREINSTALLED = [
+    "numpy==2.0.2", "transformers==4.57.1", "diffusers==0.35.2", "accelerate==1.11.0",
+    "tokenizers==0.22.1", "safetensors==0.6.2", "matplotlib==3.10.0", "ipywidgets==7.7.1",
+    "scipy==1.16.3", "scikit-image==0.25.2", "pillow==11.3.0", "tqdm==4.67.1",
+    "ipykernel==6.29.5", "nbclient==0.10.2", "nbformat==5.10.4", "notebook==6.5.7", "pytest==8.4.2",
+]
+KEPT = ("torch", "numpy", "transformers", "diffusers", "matplotlib", "ipywidgets")
+NEVER = ("jupyterlab", "nbval")  # the course's install must not add these (the lab and test extras have them)
+INSTALL_LINE = re.compile(r'!pip -q install "(git\+https://github\.com/[^"]+)"')
+FAKE_COLAB = "# a stand-in for Colab's own module: the notebooks only ask whether it is imported\n"
+STARTUP = "import google.colab  # the kernel of a Colab runtime has it imported\n"
+
+
+def sh(*cmd, **kw) -> subprocess.CompletedProcess:
+    print("$", " ".join(map(str, cmd)), flush=True)
+    return subprocess.run([str(c) for c in cmd], check=True, **kw)
+
+
+def freeze(python: Path) -> dict[str, str]:
+    out = subprocess.run([str(python), "-m", "pip", "list", "--format=json"], check=True,
+                         capture_output=True, text=True).stdout
+    return {p["name"].lower().replace("_", "-"): p["version"] for p in json.loads(out)}
+
+
+def make_env(work: Path) -> Path:
+    venv = work / "colab-venv"
+    sh(sys.executable, "-m", "venv", venv)
+    python = venv / "bin" / "python"
+    sh(python, "-m", "pip", "install", "-q", TORCH)
+    sh(python, "-m", "pip", "install", "-q", *COLAB_PREINSTALLED)
+    return python
+
+
+def build_wheel(work: Path) -> Path:
+    out = work / "wheel"
+    sh(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", out, ROOT)
+    (wheel,) = out.glob("p2p_lab-*.whl")
+    print(f"wheel: {wheel.name}, {wheel.stat().st_size / 2 ** 20:.1f} MiB", flush=True)
+    return wheel
+
+
+def colab_kernel_env(work: Path) -> dict:
+    fake = work / "fake-colab"
+    (fake / "google" / "colab").mkdir(parents=True, exist_ok=True)
+    (fake / "google" / "__init__.py").write_text("")
+    (fake / "google" / "colab" / "__init__.py").write_text(FAKE_COLAB)
+    ipython = work / "ipython"
+    (ipython / "profile_default" / "startup").mkdir(parents=True, exist_ok=True)
+    (ipython / "profile_default" / "startup" / "00-colab.py").write_text(STARTUP)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("P2P_LAB_", "VIRTUAL_ENV"))}
+    bin_dir = work / "colab-venv" / "bin"  # the `!pip` of the set-up cell is this environment's
+    return dict(env, PATH=f"{bin_dir}:{env.get('PATH', '')}", PYTHONPATH=str(fake),
+                IPYTHONDIR=str(ipython), MPLBACKEND="Agg", PIP_DISABLE_PIP_VERSION_CHECK="1")
+
+
+RUNNER = r'''
+import sys, time
+import nbformat
+from nbclient import NotebookClient
+path, cwd, out = sys.argv[1:4]
+nb = nbformat.read(path, as_version=4)
+start = time.time()
+NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": cwd}}).execute()
+nb.metadata["p2p_lab_seconds"] = time.time() - start
+nbformat.write(nb, out)
+'''
+SAMPLE = r'''
+import sys
+import numpy as np, torch
+from p2p_lab.model import load_pipeline
+pipe = load_pipeline(device="cpu")
+g = torch.Generator("cpu").manual_seed(3)
+np.save(sys.argv[1], pipe("a red circle on a blue background", num_inference_steps=5, generator=g,
+                          output_type="np").images)
+'''
+
+
+def run_notebooks(python: Path, wheel: Path, work: Path) -> list[str]:
+    folder = work / "notebooks"
+    folder.mkdir()
+    problems = []
+    env = colab_kernel_env(work)
+    runner = work / "run_one.py"
+    runner.write_text(RUNNER)
+    for src in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        nb = json.loads(src.read_text())
+        cells = ["".join(c["source"]) for c in nb["cells"]]
+        lines = [m for text in cells for m in INSTALL_LINE.findall(text)]
+        if len(lines) != 1:
+            problems.append(f"{src.name}: expected one Colab install line, found {len(lines)}")
+            continue
+        for cell, text in zip(nb["cells"], cells):
+            cell["source"] = text.replace(lines[0], str(wheel))
+        (folder / src.name).write_text(json.dumps(nb))
+    for nb in sorted(folder.glob("*.ipynb")):
+        executed = work / f"executed-{nb.name}"
+        run = subprocess.run([str(python), str(runner), str(nb), str(folder), str(executed)], env=env,
+                             cwd=folder, capture_output=True, text=True)
+        if run.returncode:
+            problems.append(f"{nb.name} failed:\n{run.stdout[-2000:]}\n{run.stderr[-4000:]}")
+            continue
+        result = nbformat.read(executed, as_version=4)
+        print(f"{nb.name}: ran in {result.metadata['p2p_lab_seconds']:.0f} s (Colab-like, CPU, installed "
+              f"wheel)", flush=True)
+        if notebook_warnings(result):
+            problems.append(f"{nb.name} printed warnings: {notebook_warnings(result)}")
+    leftovers = sorted(p.name for p in folder.iterdir() if p.suffix != ".ipynb")
+    print("files the notebooks wrote:", leftovers or "none", flush=True)
+    return problems
+
+
+def check_packages(python: Path, before: dict[str, str]) -> list[str]:
+    after = freeze(python)
+    problems = [f"installing the course changed {name} {before[name]} -> {after.get(name)}"
+                for name in KEPT if before.get(name) != after.get(name)]
+    problems += [f"installing the course pulled in {name}" for name in NEVER
+                 if name in after and name not in before]
+    if "p2p-lab" not in after:
+        problems.append("the notebooks' set-up cell did not install p2p_lab")
+    where = subprocess.run([str(python), "-c", "import p2p_lab; print(p2p_lab.__file__)"], cwd="/",
+                           capture_output=True, text=True).stdout.strip()
+    if "site-packages" not in where:
+        problems.append(f"p2p_lab imported from {where}, not from the installed wheel")
+    return problems
+
+
+def check_same_images(python: Path, work: Path) -> list[str]:
+    """The installed wheel on Colab's older libraries draws what the checkout draws on the suite's
+    (diffusers' own pipeline call, same seed), and loads without a word on stderr."""
+    script = work / "sample.py"
+    script.write_text(SAMPLE)
+    theirs, ours = work / "colab.npy", work / "suite.npy"
+    run = subprocess.run([str(python), str(script), str(theirs)], cwd=work, capture_output=True, text=True,
+                         env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    if run.returncode:
+        return [f"sampling with the installed wheel failed:\n{run.stderr[-3000:]}"]
+    problems = [f"loading the shipped model printed: {run.stderr[-2000:]}"] if run.stderr.strip() else []
+    subprocess.run([sys.executable, str(script), str(ours)], cwd=ROOT, check=True, capture_output=True)
+    diff = float(abs(np.load(theirs) - np.load(ours)).max())
+    print(f"shipped model, Colab's libraries vs the suite's: largest pixel difference {diff:.2e}", flush=True)
+    return problems + ([f"the images differ by {diff} between the two stacks"] if diff > 1e-4 else [])
+
+
+def run_widget_tests(python: Path, work: Path) -> list[str]:
+    version = subprocess.run([str(python), "-c", "import ipywidgets; print(ipywidgets.__version__)"],
+                             capture_output=True, text=True).stdout.strip()
+    tests = sorted(str(p) for p in (ROOT / "tests").glob("test_widgets_*.py"))
+    run = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir",
+                          str(ROOT), *tests], cwd=work, capture_output=True, text=True,
+                         env=dict(os.environ, MPLBACKEND="Agg"))
+    print(f"widget tests with ipywidgets {version}: {run.stdout.strip().splitlines()[-1:]}", flush=True)
+    return [] if run.returncode == 0 else [f"widget tests failed with ipywidgets {version}:\n{run.stdout[-4000:]}"]
+
+
+def main(work: Path) -> int:
+    start = time.time()
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    python = make_env(work)
+    before = freeze(python)
+    wheel = build_wheel(work)
+    problems = run_notebooks(python, wheel, work)
+    problems += check_packages(python, before)
+    problems += check_same_images(python, work)
+    problems += run_widget_tests(python, work)
+    print(f"Colab-like home: {time.time() - start:.0f} s in all", flush=True)
+    for p in problems:
+        print("PROBLEM:", p, flush=True)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1]).resolve()))

@@ -1,0 +1,167 @@
+"""Does every notebook's Stable Diffusion branch fit a Colab T4 (15 GB, fp16), and how long does it take?
+
+No GPU and no SD weights here, so two measured runs of each notebook's SD branch and one stated
+assumption:
+
+1. **Work** (tiny SD-v1 stand-in, the notebooks' own step counts): every UNet and VAE call is counted,
+   in 512-px image-evaluations (batch x latent area / 64^2), cell by cell. The call pattern does not
+   depend on the widths, so these are the counts on real SD v1.
+2. **Memory** (full-size stand-in: SD v1's real configs, random weights, ``--dtype`` bfloat16 = fp16's
+   2 bytes per value, on the CPU, ``--steps`` sampling steps): each cell's peak resident memory
+   (VmHWM, reset before every cell) above the kernel's memory after its imports, plus what the
+   live AttentionStores and SourceCaches hold after the cell, scaled from ``--steps`` to the
+   notebook's own steps (they grow with the step count; the rest of the peak does not).
+3. **Assumed** T4 speeds (not measured here): T4_UNET_S per 512-px UNet image-evaluation in fp16
+   (about 2.5 guided steps per second for SD v1 at 512 px, the figure commonly reported for
+   Colab's T4) and T4_VAE_S per 512-px decode; CUDA's own context CUDA_CONTEXT_GB.
+
+Prints one line per notebook and a JSON object as the last line. The full-size folder (2 GB) is
+written to ``runs/`` (outside git) on first use. Takes tens of minutes on 2 CPU cores.
+
+    python benchmarks/sd_fullsize.py [--steps 2] [--notebooks 02 04 05]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+T4_UNET_S = 0.2  # seconds per 512-px UNet image-evaluation, fp16 (assumption, see above)
+T4_VAE_S = 0.15  # seconds per 512-px VAE decode or encode, fp16 (assumption)
+CUDA_CONTEXT_GB = 0.5  # CUDA context and kernels (assumption)
+T4_GB = 15.0
+
+STARTUP = r'''
+import json, os, time
+from pathlib import Path
+import torch
+from IPython import get_ipython
+
+LOG = Path(os.environ["P2P_BENCH_LOG"])
+state = {"evals": 0.0, "decodes": 0.0, "t0": 0.0, "cell": 0}
+
+def _status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+
+def _area(x):
+    return x.shape[0] * x.shape[-2] * x.shape[-1] / 64 ** 2
+
+def _wrap_unet():
+    from diffusers import UNet2DConditionModel
+    forward = UNet2DConditionModel.forward
+    def counted(self, sample, *a, **k):
+        state["evals"] += _area(sample)
+        return forward(self, sample, *a, **k)
+    UNet2DConditionModel.forward = counted
+
+def _wrap_vae():
+    from diffusers import AutoencoderKL
+    for name, scale in (("decode", 1), ("encode", 1 / 64)):
+        original = getattr(AutoencoderKL, name)
+        def counted(self, x, *a, _orig=original, _scale=scale, **k):
+            state["decodes"] += _area(x) * _scale
+            return _orig(self, x, *a, **k)
+        setattr(AutoencoderKL, name, counted)
+
+def _held():
+    """Bytes held by every live AttentionStore and SourceCache (they grow with the step count)."""
+    import gc
+    from p2p_lab.p2p import AttentionStore, SourceCache
+    return sum(o.nbytes for o in gc.get_objects() if isinstance(o, (AttentionStore, SourceCache)))
+
+def pre(info=None):
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    state.update(evals=0.0, decodes=0.0, t0=time.time())
+
+def post(result=None):
+    state["cell"] += 1
+    with LOG.open("a") as f:
+        f.write(json.dumps({"cell": state["cell"], "seconds": time.time() - state["t0"],
+                            "peak": _status("VmHWM"), "rss": _status("VmRSS"),
+                            "evals": state["evals"], "decodes": state["decodes"],
+                            "held": _held()}) + "\n")
+
+_wrap_unet(); _wrap_vae()
+ip = get_ipython()
+ip.events.register("pre_run_cell", pre)
+ip.events.register("post_run_cell", post)
+'''
+
+
+def run_notebook(name: str, model: Path, env: dict, work: Path) -> list[dict]:
+    from p2p_lab.testing import execute_notebook
+
+    ipython = work / f"ipython-{name}"
+    (ipython / "profile_default" / "startup").mkdir(parents=True)
+    (ipython / "profile_default" / "startup" / "00-bench.py").write_text(STARTUP)
+    log = work / f"{name}-{model.name}.jsonl"
+    execute_notebook(ROOT / "notebooks" / f"{name}.ipynb", cwd=work, timeout=7200,
+                     env={"P2P_LAB_MODEL": str(model), "IPYTHONDIR": str(ipython),
+                          "P2P_BENCH_LOG": str(log), "MPLBACKEND": "Agg", **env})
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=2, help="sampling steps of the full-size memory run")
+    ap.add_argument("--notebooks", nargs="+", default=["02", "04", "05"])
+    ap.add_argument("--folder", default=str(ROOT / "runs" / "sd-v1-fullsize-standin"))
+    ap.add_argument("--dtype", default="bfloat16")
+    args = ap.parse_args(argv)
+    import torch
+
+    from p2p_lab.testing import save_sd_standin
+
+    full = Path(args.folder)
+    if not (full / "model_index.json").exists():
+        save_sd_standin(full, size="full", dtype=torch.float16)
+    names = [p.stem for p in sorted((ROOT / "notebooks").glob("*.ipynb"))
+             if p.stem.split("_")[0] in args.notebooks]
+    report = {"assumed": {"t4_unet_s": T4_UNET_S, "t4_vae_s": T4_VAE_S, "cuda_context_gb": CUDA_CONTEXT_GB},
+              "memory_run": {"steps": args.steps, "dtype": args.dtype}, "notebooks": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        tiny = save_sd_standin(work / "tiny")
+        for name in names:
+            start = time.time()
+            counts = run_notebook(name, tiny, {}, work)
+            steps_full = _full_steps(name)
+            cells = run_notebook(name, full, {"P2P_LAB_STEPS": str(args.steps), "P2P_LAB_DTYPE": args.dtype}, work)
+            base = cells[1]["rss"] if len(cells) > 1 else cells[0]["rss"]  # after the set-up cell's imports
+            scale = steps_full / args.steps
+            peaks = [(c["peak"] - base + c["held"] * (scale - 1)) / 2 ** 30 for c in cells]
+            evals = sum(c["evals"] for c in counts)
+            decodes = sum(c["decodes"] for c in counts)
+            worst = max(range(len(peaks)), key=peaks.__getitem__)
+            entry = {"unet_image_evals": round(evals, 1), "vae_calls_512px": round(decodes, 1),
+                     "t4_minutes_estimate": round((evals * T4_UNET_S + decodes * T4_VAE_S) / 60, 1),
+                     "gpu_gb_estimate": round(peaks[worst] + CUDA_CONTEXT_GB, 2), "worst_cell": worst,
+                     "held_gb_at_full_steps": round(max(c["held"] for c in cells) * scale / 2 ** 30, 2),
+                     "cpu_seconds_fullsize": round(sum(c["seconds"] for c in cells)), "steps": steps_full,
+                     "fits_t4": peaks[worst] + CUDA_CONTEXT_GB <= T4_GB, "wall_s": round(time.time() - start)}
+            report["notebooks"][name] = entry
+            print(f"{name}: {entry['unet_image_evals']:g} UNet image-evaluations at {steps_full} steps -> about "
+                  f"{entry['t4_minutes_estimate']:g} min on a T4 (estimate); peak about {entry['gpu_gb_estimate']:g} GB "
+                  f"(cell {worst}; estimate from the full-size stand-in on the CPU)", flush=True)
+    print(json.dumps(report))
+    return report
+
+
+def _full_steps(name: str) -> int:
+    """The sampling steps the notebook's SD branch asks course_steps for (its largest)."""
+    import re
+
+    text = (ROOT / "notebooks" / f"{name}.ipynb").read_text()
+    found = [int(a) for a in re.findall(r"course_steps\((\d+) if SD", text)]
+    found += [int(a) for a in re.findall(r"course_steps\((\d+)\)", text)]
+    return max(found) if found else 1
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
