@@ -15,10 +15,9 @@ The hand-written :func:`sample` reproduces ``pipe(...)`` for the same seed, step
 """
 from __future__ import annotations
 
-import copy
+import contextlib
 import dataclasses
 import inspect
-import math
 
 import numpy as np
 import torch
@@ -27,11 +26,12 @@ __all__ = [
     "pipe_device", "pipe_dtype", "with_scheduler",
     "tokenize", "encode_text", "PromptEmbeddings", "encode_prompt",
     "guidance", "predict_x0", "StepOutput", "guided_eps", "denoise_step", "sampling_step",
-    "latent_shape", "initial_latents", "SampleOutput", "progress_bar", "sample",
+    "latent_shape", "initial_latents", "SampleOutput", "progress_bar", "denoise", "sample",
+    "fresh_scheduler",
     "decode", "encode", "image_to_tensor", "to_numpy",
-    "AttentionLayer", "attention_layers", "LatentCost", "latent_cost", "seconds_per_image",
+    "attention_layers", "LatentCost", "latent_cost", "seconds_per_image",
     "diffusion_loss", "TrainLog", "trainable_parameters", "train_briefly", "weights_fingerprint",
-    "BaselineStats", "fixed_seed_baseline",
+    "BaselineStats", "fixed_seed", "fixed_seed_baseline",
 ]
 
 Tensor = torch.Tensor
@@ -61,6 +61,14 @@ def with_scheduler(pipe, scheduler_cls):
     new = pipeline_class()(**parts, requires_safety_checker=False)
     new.set_progress_bar_config(disable=True)
     return new
+
+
+def fresh_scheduler(pipe, num_inference_steps: int):
+    """A new scheduler of the pipeline's class and config, set to ``num_inference_steps`` on the
+    pipeline's device. The pipeline's own scheduler is not touched, so runs never interfere."""
+    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(num_inference_steps, device=pipe_device(pipe))
+    return scheduler
 
 
 # ---------------------------------------------------------------- the prompt model
@@ -232,20 +240,21 @@ def latent_shape(pipe, batch_size: int = 1, height: int | None = None, width: in
 
 
 def initial_latents(pipe, seed=0, batch_size: int = 1, height: int | None = None,
-                    width: int | None = None) -> Tensor:
+                    width: int | None = None, scheduler=None) -> Tensor:
     """z_T, drawn exactly as ``StableDiffusionPipeline`` draws it for ``generator``. Shape (batch, C, h, w).
 
-    ``seed``: an int (a CPU ``torch.Generator`` seeded with it, so a seed gives the same noise on
-    every device) or a ``torch.Generator``. The noise is drawn on the generator's device in the
-    pipeline's dtype, moved to the pipeline's device and multiplied by the scheduler's
-    ``init_noise_sigma`` (1 for DDIM, about 14.6 for Euler, whose samples are scaled differently).
+    The course's one z_T convention. ``seed``: an int (a CPU ``torch.Generator`` seeded with it, so
+    a seed gives the same noise on every device) or a ``torch.Generator``. The noise is drawn on the
+    generator's device in the pipeline's dtype, moved to the pipeline's device and multiplied by the
+    ``init_noise_sigma`` of ``scheduler`` (default: the pipeline's; 1 for DDIM, about 14.6 for Euler,
+    whose samples are scaled differently).
     """
     g = _generator(seed)
     shape = latent_shape(pipe, batch_size, height, width)
     device = pipe_device(pipe)
     draw_on = g.device if g is not None else device
     z = torch.randn(shape, generator=g, device=draw_on, dtype=pipe_dtype(pipe)).to(device)
-    return z * pipe.scheduler.init_noise_sigma  # (batch, C, h, w)
+    return z * (scheduler or pipe.scheduler).init_noise_sigma  # (batch, C, h, w)
 
 
 @dataclasses.dataclass
@@ -281,6 +290,40 @@ def progress_bar(pipe, iterable, total: int, desc: str = "sampling", enabled: bo
 
 
 @torch.no_grad()
+def denoise(pipe, z: Tensor, cond, uncond: Tensor | None, scheduler, guidance_scale: float, *,
+            control=None, on_step=None, start: int = 0, generator: torch.Generator | None = None,
+            eta: float = 0.0, progress: bool | None = None) -> Tensor:
+    """The reverse loop z_T -> z_0 that every sampler of the course runs (notebooks 04-06).
+
+    For each timestep t of ``scheduler.timesteps`` (counting down), from loop index ``start`` on:
+    the guided noise prediction at (z_t, t) and one scheduler step (:func:`denoise_step`).
+
+    z: z_T (b, C, h, w), or the latents before step ``start`` (a re-run that resumes mid-way).
+    cond: the prompts' embeddings (b, L, D), or a function of the loop index i returning them (text
+    embeddings that change by step). uncond: (1 or b, L, D), the unconditional embedding, used
+    where ``guidance_scale != 1``. control: an attention control (:mod:`p2p_lab.unet_attention`),
+    installed for the loop; its ``step`` is set to i before each UNet call. on_step(i, out) -> z:
+    called after each step with its :class:`StepOutput`, returns the latents to go on with.
+    progress: a progress bar (default: on for Stable Diffusion, off for the shipped model).
+    """
+    from .unet_attention import hooked
+
+    guided = guidance_scale != 1
+    steps = list(enumerate(scheduler.timesteps))[start:]
+    with hooked(pipe.unet, control) if control is not None else contextlib.nullcontext():
+        if control is not None:
+            control.n_uncond = len(z) if guided else 0
+        for i, t in progress_bar(pipe, steps, len(steps), enabled=progress):
+            c = cond(i) if callable(cond) else cond  # (b, L, D)
+            emb = torch.cat([uncond.expand(len(c), -1, -1), c]) if guided else c  # (2b or b, L, D)
+            if control is not None:
+                control.step = i
+            out = denoise_step(pipe.unet, scheduler, z, t, emb, guidance_scale, generator, eta)
+            z = out.prev if on_step is None else on_step(i, out)  # (b, C, h, w)
+    return z
+
+
+@torch.no_grad()
 def sample(pipe, prompt, seed=0, num_inference_steps: int = 50, guidance_scale: float = 7.5,
            negative_prompt: str = "", latents: Tensor | None = None, height: int | None = None,
            width: int | None = None, eta: float = 0.0, return_intermediates: bool = False,
@@ -288,29 +331,32 @@ def sample(pipe, prompt, seed=0, num_inference_steps: int = 50, guidance_scale: 
     """Text -> image by hand: encode the prompt, draw z_T, run the scheduler's steps, decode z_0.
 
     Gives the same images as ``pipe(prompt, num_inference_steps=..., guidance_scale=...,
-    generator=torch.Generator("cpu").manual_seed(seed))`` (for ``guidance_scale >= 1``; for
-    ``w < 1`` the library skips guidance, while this loop still applies the formula, so ``w = 0``
-    is the unconditional model). ``latents`` replaces the drawn z_T (it must already include
-    ``init_noise_sigma``). ``return_intermediates`` keeps z_t and the predicted z_0 of every step.
-    ``progress``: a progress bar (default: on for Stable Diffusion, off for the shipped model).
+    generator=torch.Generator("cpu").manual_seed(seed))`` (for ``guidance_scale > 1``; for
+    ``w <= 1`` the library skips guidance, while this loop still applies the formula for every
+    ``w != 1``, so ``w = 0`` is the unconditional model). ``latents`` replaces the drawn z_T (it
+    must already include ``init_noise_sigma``). ``return_intermediates`` keeps z_t and the
+    predicted z_0 of every step. ``progress``: a progress bar (default: on for Stable Diffusion,
+    off for the shipped model).
     """
     prompts = _as_list(prompt)
     emb = encode_prompt(pipe, prompts, negative_prompt)
-    embeddings = emb.cond if guidance_scale == 1 else emb.both()  # (b or 2b, L, D)
-    device, scheduler = pipe_device(pipe), pipe.scheduler
+    scheduler = fresh_scheduler(pipe, num_inference_steps)
     g = _generator(seed)
-    z = initial_latents(pipe, g, len(prompts), height, width) if latents is None else latents.to(device)
-    scheduler.set_timesteps(num_inference_steps, device=device)
-    timesteps = scheduler.timesteps  # counting down, e.g. 981, 961, ..., 1 for 50 DDIM steps
+    if latents is None:
+        z = initial_latents(pipe, g, len(prompts), height, width, scheduler)
+    else:
+        z = latents.to(pipe_device(pipe))
     traj = [z.float().cpu()] if return_intermediates else None
     x0s = [] if return_intermediates else None
-    for t in progress_bar(pipe, timesteps, len(timesteps), enabled=progress):
-        out = denoise_step(pipe.unet, scheduler, z, t, embeddings, guidance_scale, g, eta)
-        z = out.prev  # (b, C, h, w)
-        if return_intermediates:
-            traj.append(z.float().cpu())
-            x0s.append(out.x0.float().cpu())
-    return SampleOutput(decode(pipe, z), z, [int(t) for t in timesteps], traj, x0s)
+
+    def keep(i, out):
+        traj.append(out.prev.float().cpu())
+        x0s.append(out.x0.float().cpu())
+        return out.prev
+
+    z = denoise(pipe, z, emb.cond, emb.uncond, scheduler, guidance_scale, generator=g, eta=eta,
+                on_step=keep if return_intermediates else None, progress=progress)
+    return SampleOutput(decode(pipe, z), z, [int(t) for t in scheduler.timesteps], traj, x0s)
 
 
 # ---------------------------------------------------------------- the autoencoder
@@ -369,38 +415,12 @@ def to_numpy(images: Tensor) -> np.ndarray:
 
 # ---------------------------------------------------------------- the UNet's attention layers
 
-@dataclasses.dataclass
-class AttentionLayer:
-    name: str  # e.g. "down_blocks.0.attentions.0.transformer_blocks.0.attn2"
-    kind: str  # "self" (keys from the image) or "cross" (keys from the prompt)
-    resolution: int  # the latent grid the layer sees: resolution x resolution queries
-    heads: int
-    n_query: int  # resolution ** 2 latent pixels
-    n_key: int  # latent pixels (self) or prompt tokens (cross)
+def attention_layers(pipe, height: int | None = None, width: int | None = None):
+    """Every attention layer of the UNet (:class:`p2p_lab.unet_attention.LayerInfo`: name, kind,
+    query grid, heads, keys) at an image of ``height`` x ``width`` pixels (default: the model's size)."""
+    from .unet_attention import attention_layers as layers_at
 
-
-@torch.no_grad()
-def attention_layers(pipe, height: int | None = None, width: int | None = None) -> list[AttentionLayer]:
-    """Every attention layer of the UNet with what it attends over, found by one forward pass."""
-    from diffusers.models.attention_processor import Attention
-
-    unet, found, hooks = pipe.unet, {}, []
-    for name, module in unet.named_modules():
-        if isinstance(module, Attention):
-            def hook(mod, args, kwargs, _name=name):
-                x = args[0] if args else kwargs["hidden_states"]  # (b, n_query, C)
-                ctx = kwargs.get("encoder_hidden_states")
-                found[_name] = (mod, x.shape[1], x.shape[1] if ctx is None else ctx.shape[1])
-            hooks.append(module.register_forward_pre_hook(hook, with_kwargs=True))
-    try:
-        z = initial_latents(pipe, 0, 1, height, width)  # (1, C, h, w)
-        emb = encode_text(pipe, "")  # (1, L, D)
-        unet(z, pipe.scheduler.config.num_train_timesteps - 1, encoder_hidden_states=emb)
-    finally:
-        for h in hooks:
-            h.remove()
-    return [AttentionLayer(name, "cross" if mod.is_cross_attention else "self", math.isqrt(nq),
-                           mod.heads, nq, nk) for name, (mod, nq, nk) in found.items()]
+    return layers_at(pipe, latent_shape(pipe, 1, height, width)[-2:])
 
 
 # ---------------------------------------------------------------- why latent space
@@ -578,6 +598,24 @@ class BaselineStats:
     @property
     def background_fraction(self) -> float:
         return float(np.mean(self.background_changed))
+
+
+def fixed_seed(pipe, source: str, targets=(), seed: int = 0, num_inference_steps: int | None = None,
+               guidance_scale: float | None = None, progress: bool | None = None) -> np.ndarray:
+    """The baseline for editing (notebook 04): ``source`` and every target sampled from the same z_T
+    (one draw from ``seed``), nothing else shared. Images (1 + T, H, W, 3) float32 in [0, 1].
+
+    Unset steps and guidance are the model's (:func:`p2p_lab.model.sampling_defaults`), as for
+    :func:`p2p_lab.p2p.edit`, so the two are compared at equal settings.
+    """
+    from .model import sampling_defaults
+
+    default = sampling_defaults(pipe)
+    steps = num_inference_steps or default.num_inference_steps
+    w = default.guidance_scale if guidance_scale is None else guidance_scale
+    prompts = [source, *(_as_list(targets, "targets") if targets else [])]
+    z = initial_latents(pipe, seed, 1, scheduler=fresh_scheduler(pipe, steps)).repeat(len(prompts), 1, 1, 1)
+    return sample(pipe, prompts, None, steps, w, latents=z, progress=progress).numpy()
 
 
 def _images_for_seeds(pipe, prompt: str, seeds: list[int], steps: int, w: float, batch: int) -> np.ndarray:

@@ -16,7 +16,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from p2p_lab import grading
-from p2p_lab.grading import BEGIN, END, ForbiddenCall, Limits, forbid
+from p2p_lab.grading import BEGIN, END, ForbiddenCall, Limits, forbid, parent
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -403,9 +403,9 @@ def test_parallel_grading_splits_the_cores(monkeypatch, tmp_path):
     in Limits or in the environment)."""
     seen = []
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(grading.os, "cpu_count", lambda: 4)
-    monkeypatch.setattr(grading, "_grade_to", lambda nb, out, hidden, limits: seen.append(
-        grading._child_env((limits or Limits()).threads).get("OMP_NUM_THREADS")) or {})
+    monkeypatch.setattr(parent.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(parent, "_grade_to", lambda nb, out, hidden, limits: seen.append(
+        parent._child_env((limits or Limits()).threads).get("OMP_NUM_THREADS")) or {})
     folder = tmp_path
     for name in ("a.ipynb", "b.ipynb"):
         (folder / name).write_text("{}")

@@ -8,11 +8,11 @@ from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscrete
                        PNDMScheduler)
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
+from p2p_lab import ldm
 from p2p_lab.p2p import (AttentionStore, LocalBlend, SourceCache, build_plan, edit, fixed_seed,
-                         mask_blend, sample, token_indices)
+                         mask_blend, record_maps, token_indices)
 from p2p_lab.p2p.controls import EditControl, EditPlan
-from p2p_lab.p2p.layers import LayerInfo
-from p2p_lab.p2p.processor import P2PAttnProcessor
+from p2p_lab.unet_attention import AttentionHook, LayerInfo
 
 S = "a red circle on a blue background"
 T1 = "a green circle on a blue background"
@@ -33,7 +33,7 @@ def test_our_loop_equals_the_diffusers_pipeline(name, g, request):
     s = pipe.unet.config.sample_size
     z = torch.randn(2, 4, s, s, generator=torch.Generator().manual_seed(1))
     ref = pipe([S, T1], latents=z, num_inference_steps=3, guidance_scale=g, output_type="np").images
-    ours = sample(pipe, [S, T1], latents=z, num_inference_steps=3, guidance_scale=g)
+    ours = ldm.sample(pipe, [S, T1], None, 3, g, latents=z).numpy()
     assert ours.shape == ref.shape and close(ours, ref, 1e-4)
 
 
@@ -42,7 +42,7 @@ def test_tau_zero_is_the_fixed_seed_baseline(shipped_pipe):
     base = fixed_seed(shipped_pipe, S, [T1, T2], **FAST)
     assert res.images.shape == (3, 32, 32, 3) and res.images.dtype == np.float32
     assert close(res.images, base)
-    assert close(res.source_image, sample(shipped_pipe, [S], **FAST)[0])  # the source is never edited
+    assert close(res.source_image, fixed_seed(shipped_pipe, S, **FAST)[0])  # the source is never edited
     assert all(isinstance(p, AttnProcessor2_0) for p in shipped_pipe.unet.attn_processors.values())
 
 
@@ -130,7 +130,7 @@ def test_cross_attention_edit_math(shipped_pipe):
     x, ctx = torch.randn(2, 16, 32), torch.randn(2, 16, 24)
     cache = SourceCache(None, [], 16, record_all=False)
     ctrl = EditControl(plan, cache, False, None, None, (4, 4), 0)
-    attn.set_processor(P2PAttnProcessor(LayerInfo("x", "down", 2, True), ctrl))
+    attn.set_processor(AttentionHook(LayerInfo("x", "down", 2, True), ctrl))
     with torch.no_grad():
         out = attn(x, ctx)
         A, v = _manual_attention(attn, x, ctx)
@@ -156,7 +156,7 @@ def test_self_attention_edit_uses_the_source_probabilities(shipped_pipe):
     attn = Attention(query_dim=32, heads=2, dim_head=8)
     x = torch.randn(2, 16, 32)
     ctrl = EditControl(plan, SourceCache(None, [], 16, False), False, None, None, (4, 4), 0)
-    attn.set_processor(P2PAttnProcessor(LayerInfo("s", "up", 2, False), ctrl))
+    attn.set_processor(AttentionHook(LayerInfo("s", "up", 2, False), ctrl))
     with torch.no_grad():
         out = attn(x)
         A, v = _manual_attention(attn, x, x)
@@ -388,7 +388,7 @@ def test_misuse_errors(shipped_pipe):
     with pytest.raises(ValueError, match="mode 'swap' is unknown"):
         edit(shipped_pipe, S, T1, mode="swap")
     with pytest.raises(TypeError, match="no option 'steps'"):
-        sample(shipped_pipe, [S], steps=3)
+        record_maps(shipped_pipe, [S], AttentionStore(), steps=3)
     from diffusers import UNet2DModel  # self-attention only: nothing for a prompt to edit
 
     unet = UNet2DModel(sample_size=8, block_out_channels=(16, 16), norm_num_groups=8,
@@ -411,9 +411,9 @@ def test_cli_writes_a_grid(shipped_pipe, tmp_path):
 
 
 def test_edit_without_guidance(shipped_pipe):
-    """guidance_scale <= 1: no unconditional branch at all, and the edit still runs."""
+    """guidance_scale 1: no unconditional branch at all, and the edit still runs."""
     kw = dict(num_inference_steps=3, guidance_scale=1.0)
     res = edit(shipped_pipe, S, T2, **kw)
-    assert close(res.source_image, sample(shipped_pipe, [S], **kw)[0])
+    assert close(res.source_image, fixed_seed(shipped_pipe, S, **kw)[0])
     again = edit(shipped_pipe, S, T2, cross_tau=0.3, cache=res.cache, **kw)
     assert again.from_cache and close(again.images, edit(shipped_pipe, S, T2, cross_tau=0.3, **kw).images)

@@ -3,9 +3,9 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from p2p_lab.p2p import AttentionStore, attention_control, attention_layers
+from p2p_lab.p2p import AttentionStore, attention_layers
 from p2p_lab.p2p.controls import StoreControl
-from p2p_lab.p2p.processor import P2PAttnProcessor
+from p2p_lab.unet_attention import AttentionHook, LayerInfo, hooked
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -36,11 +36,11 @@ def test_idle_and_explicit_equal_default_processor(name, request):
     pipe = request.getfixturevalue(name)
     assert all(isinstance(p, AttnProcessor2_0) for p in pipe.unet.attn_processors.values())
     ref, hw = _unet_call(pipe)
-    with attention_control(pipe.unet, Idle(hw)):
+    with hooked(pipe.unet, Idle(hw)):
         idle, _ = _unet_call(pipe)
     store = AttentionStore(kinds=("cross", "self"))
     ctrl = StoreControl(store, hw, n_uncond=1)  # row 0 fused, row 1 explicit
-    with attention_control(pipe.unet, ctrl):
+    with hooked(pipe.unet, ctrl):
         explicit, _ = _unet_call(pipe)
     assert torch.allclose(idle, ref, atol=1e-5)
     assert (explicit - ref).abs().max() <= 1e-5
@@ -59,7 +59,7 @@ def test_processors_restored_on_error(shipped_pipe):
 
     before = shipped_pipe.unet.attn_processors
     with pytest.raises(RuntimeError, match="boom"):
-        with attention_control(shipped_pipe.unet, Boom((8, 8))):
+        with hooked(shipped_pipe.unet, Boom((8, 8))):
             _unet_call(shipped_pipe)
     after = shipped_pipe.unet.attn_processors
     assert all(after[k] is before[k] for k in before)
@@ -86,14 +86,13 @@ def test_float_softmax_under_low_precision():
     attn = Attention(query_dim=32, cross_attention_dim=24, heads=4, dim_head=8)
     x, ctx = torch.randn(2, 16, 32), torch.randn(2, 7, 24)
     ref = attn(x, ctx)
-    from p2p_lab.p2p.layers import LayerInfo
 
     for dtype in (torch.bfloat16, torch.float16):
         low = Attention(query_dim=32, cross_attention_dim=24, heads=4, dim_head=8)
         low.load_state_dict(attn.state_dict())
         low = low.to(dtype)
         store = AttentionStore()
-        low.set_processor(P2PAttnProcessor(LayerInfo("t", "down", 4, True), StoreControl(store, (4, 4), 0)))
+        low.set_processor(AttentionHook(LayerInfo("t", "down", 4, True), StoreControl(store, (4, 4), 0)))
         out = low(x.to(dtype), ctx.to(dtype))
         probs = store.sums[("t", 0)]
         assert out.dtype == dtype and probs.dtype == torch.float32

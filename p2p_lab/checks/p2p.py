@@ -228,7 +228,7 @@ def check_reweight(fn: Callable) -> CheckResult:
 # ------------------------------------------------------------------ Algorithm 1 with your switch
 
 class _SwitchControl:
-    """An engine control (see p2p_lab.p2p.processor) that applies ``edit_fn`` to the target row of
+    """An engine control (see p2p_lab.unet_attention) that applies ``edit_fn`` to the target row of
     every cross-attention layer: row 0 = source (A_t), row 1 = target (A*_t)."""
 
     def __init__(self, edit_fn: Callable, tau: int, timesteps, latent_hw):
@@ -239,7 +239,7 @@ class _SwitchControl:
         return layer.is_cross
 
     def attention(self, layer, q, k, v, mask):
-        from ..p2p.processor import attend_all
+        from ..unet_attention import attend_all
 
         return attend_all(self, layer, q, k, v, mask)  # explicit probabilities -> self.attend
 
@@ -260,7 +260,7 @@ def run_edit_switch(pipe, source: str, target: str, edit_fn: Callable, tau: int,
     Edit(A_t, A*_t, t) (always to its own prompt y*'s values). ``tau`` is a timestep, as on the
     slides. For word swaps of one token each; returns images (2, H, W, 3): source, edit.
     """
-    from ..p2p.sampling import decode, resolve_run, run_loop
+    from ..p2p.sampling import images as decode, resolve_run, run_loop
     from ..p2p.schedule import scheduler_timesteps
 
     n = [len(pipe.tokenizer(p, add_special_tokens=False).input_ids) for p in (source, target)]

@@ -12,9 +12,9 @@ from .blend import LocalBlend  # noqa: F401
 from .cache import SourceCache  # noqa: F401
 from .controls import EditPlan, build_plan  # noqa: F401
 from .edit import EditResult, edit  # noqa: F401
-from .layers import LayerInfo  # noqa: F401
-from .processor import P2PAttnProcessor, attention_control, attention_layers  # noqa: F401
-from .sampling import encode_prompts, fixed_seed, mask_blend, sample  # noqa: F401
+from ..unet_attention import AttentionHook, LayerInfo, attention_layers, hooked  # noqa: F401
+from ..ldm import fixed_seed  # noqa: F401  (the baseline of notebook 04)
+from .sampling import mask_blend, record_maps  # noqa: F401
 from .schedule import alpha_schedule, step_window, tau_to_timestep, timestep_to_tau  # noqa: F401
 from .store import AttentionStore  # noqa: F401
 

@@ -24,7 +24,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from .layers import LayerInfo
+from ..unet_attention import LayerInfo
 
 
 @dataclasses.dataclass(frozen=True)

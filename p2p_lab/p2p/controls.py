@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .align import refine_mapper, refine_matrix, replace_mapper, token_indices, words_of
-from .layers import LayerInfo
-from .processor import attend_all, attention_probs
+from ..unet_attention import Control, LayerInfo, attend_all, attention_probs
 from .schedule import DEFAULT_KEY, alpha_schedule, step_window
 
 MODES = ("replace", "refine")
@@ -169,11 +168,12 @@ def build_plan(tokenizer, source: str, targets: list[str], *, mode, cross_tau, s
                     int(self_max_res), modes)
 
 
-class StoreControl:
+class StoreControl(Control):
     """Plain sampling that records maps into an AttentionStore (no edit)."""
 
-    def __init__(self, store, latent_hw, n_uncond):
-        self.store, self.latent_hw, self.n_uncond, self.step = store, latent_hw, n_uncond, 0
+    def __init__(self, store, latent_hw, n_uncond: int = 0):
+        super().__init__(latent_hw)
+        self.store, self.n_uncond = store, n_uncond
 
     def wants(self, layer):
         return self.store.wants(layer, self.step)
@@ -186,7 +186,7 @@ class StoreControl:
         return probs
 
 
-class EditControl:
+class EditControl(Control):
     """Source row + target rows (or target rows with the source's queries and keys from a SourceCache).
 
     Wherever nothing asks for the probabilities themselves (no attention store, no local blend at
@@ -205,10 +205,10 @@ class EditControl:
     VALUES = "values"  # A_edit V = A (P V) + A* (c V): value maps P and/or an own part c
     EXPLICIT = "explicit"  # probabilities computed (a store or a local blend reads them)
 
-    def __init__(self, plan: EditPlan, cache, from_cache: bool, store, blend, latent_hw, n_uncond):
+    def __init__(self, plan: EditPlan, cache, from_cache: bool, store, blend, latent_hw, n_uncond: int = 0):
+        super().__init__(latent_hw)
         self.plan, self.cache, self.from_cache = plan, cache, from_cache
-        self.store, self.blend = store, blend
-        self.latent_hw, self.n_uncond, self.step = latent_hw, n_uncond, 0
+        self.store, self.blend, self.n_uncond = store, blend, n_uncond
         self._src = None  # the source's (q, k, mask) at the layer being computed
         self._routes = {}  # (layer name, step) -> (records, kind) or None; filled while sampling
 

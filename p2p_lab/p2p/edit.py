@@ -16,11 +16,11 @@ from .blend import BlendState, LocalBlend
 from .cache import RunKey, SourceCache
 from .controls import EditControl, build_plan
 from .options import strict_options
-from .layers import require_cross_attention
-from .processor import attention_layers
+from ..unet_attention import attention_layers, require_cross_attention
 from .align import refine_mapper
 from .schedule import step_window
-from .sampling import _prompt_list, decode, encode_prompts, make_scheduler, resolve_run, run_loop
+from .. import ldm
+from .sampling import _prompt_list, images as decode, resolve_run, run_loop
 
 CACHE_BUDGET_BYTES = 512 * 2 ** 20  # record everything for later edits when it fits in this
 
@@ -108,7 +108,7 @@ def edit(pipe, source: str, targets, *, mode: str | None = None, cross_tau=0.8, 
     tok = pipe.tokenizer
     run = resolve_run(pipe, seed, num_inference_steps, guidance_scale, progress)
     layers = attention_layers(pipe, run.latent_hw)
-    scheduler = make_scheduler(pipe, run.num_steps)
+    scheduler = ldm.fresh_scheduler(pipe, run.num_steps)
     n = len(scheduler.timesteps)  # the loop's steps schedule tau
     plan = build_plan(tok, source, targets, mode=mode, cross_tau=cross_tau, self_tau=self_tau,
                       reweight=reweight, mapper=mapper, num_steps=n, self_max_res=self_max_res)
@@ -164,7 +164,7 @@ def _context_schedule(pipe, source, targets, rows, context_tau, n, from_cache):
     window = step_window(context_tau, n, "context_tau")
     if not window.any():
         return None, window
-    own = encode_prompts(pipe, [source, *targets])
+    own = ldm.encode_text(pipe, [source, *targets])
     kept = context_embeddings(pipe, source, targets, own)
     first = 1 if from_cache else 0  # rows: the targets alone when the source comes from the cache
     own, kept = own[first:], kept[first:]
@@ -216,7 +216,7 @@ def context_embeddings(pipe, source: str, targets: list[str], emb: torch.Tensor 
     """Text embeddings (1 + T, L, D) of source and targets, where every target token that is the
     same token as in the source (global alignment, as in refine) takes the source's embedding.
     ``emb``: the prompts' own embeddings, if already computed (not changed)."""
-    emb = (encode_prompts(pipe, [source, *targets]) if emb is None else emb).clone()
+    emb = (ldm.encode_text(pipe, [source, *targets]) if emb is None else emb).clone()
     for k, target in enumerate(targets, 1):
         index, alphas = refine_mapper(pipe.tokenizer, source, target)
         keep = alphas.bool().to(emb.device)

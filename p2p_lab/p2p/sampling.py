@@ -1,9 +1,11 @@
-"""The sampling driver: our own denoising loop, plain sampling, the fixed-seed and mask baselines.
+"""Prompt-to-Prompt's runs on the course's one denoising loop (:func:`p2p_lab.ldm.denoise`), and
+mask-based editing, the baseline that needs a mask (the fixed seed is :func:`p2p_lab.ldm.fixed_seed`).
 
-Taught in notebooks 04 and 05. All prompts of a call start from the same z_T. With guidance
-scale s > 1 each step runs the batch [unconditional rows; conditional rows] and combines
-eps = eps_u + s (eps_c - eps_u) (classifier-free guidance); with s <= 1 only the conditional rows
-run. The loop's step index i (0 .. n-1) is what the attention controls schedule tau by.
+Taught in notebooks 04 and 05. All prompts of a run start from the same z_T (one draw from the
+seed, :func:`p2p_lab.ldm.initial_latents`, repeated). With guidance scale w != 1 each step runs
+the batch [unconditional rows; conditional rows] and combines eps = eps_u + w (eps_c - eps_u)
+(classifier-free guidance); at w = 1 only the conditional rows run. The loop's step index i
+(0 .. n-1) is what the attention controls schedule tau by.
 """
 from __future__ import annotations
 
@@ -13,10 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .align import check_length
+from .. import ldm
+from ..unet_attention import default_latent_hw
 from .options import strict_options
-from .processor import attention_control, default_latent_hw
-
 
 
 @dataclasses.dataclass
@@ -31,7 +32,8 @@ class Run:
 
     @property
     def cfg(self) -> bool:
-        return self.guidance_scale > 1.0
+        """Classifier-free guidance: an unconditional row per conditional one (w != 1)."""
+        return self.guidance_scale != 1.0
 
 
 def resolve_run(pipe, seed, num_inference_steps, guidance_scale, progress: bool | None = None) -> Run:
@@ -46,85 +48,31 @@ def resolve_run(pipe, seed, num_inference_steps, guidance_scale, progress: bool 
     return Run(steps, g, default_latent_hw(pipe), int(seed), progress)
 
 
-def _device_dtype(pipe):
-    p = next(pipe.unet.parameters())
-    return p.device, p.dtype
-
-
-@torch.no_grad()
-def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
-    """Text embeddings (n, L, D), L = the tokenizer's own model_max_length."""
-    for p in prompts:
-        check_length(pipe.tokenizer, p)
-    tok = pipe.tokenizer
-    ids = tok(list(prompts), padding="max_length", max_length=tok.model_max_length,
-              truncation=True, return_tensors="pt").input_ids
-    device, dtype = _device_dtype(pipe)
-    return pipe.text_encoder(ids.to(device))[0].to(dtype)  # (n, L, D)
-
-
-def make_scheduler(pipe, num_steps: int):
-    """A fresh copy of the pipeline's scheduler, set to ``num_steps`` (the pipe's is not touched)."""
-    sch = type(pipe.scheduler).from_config(pipe.scheduler.config)
-    device, _ = _device_dtype(pipe)
-    sch.set_timesteps(num_steps, device=device)
-    return sch
-
-
-def initial_noise(pipe, run: Run, n_rows: int, scheduler) -> torch.Tensor:
-    """z_T (n_rows, C, h, w): one draw from ``seed`` (on the CPU, so every device agrees), repeated."""
-    device, dtype = _device_dtype(pipe)
-    g = torch.Generator("cpu").manual_seed(run.seed)
-    z = torch.randn(1, pipe.unet.config.in_channels, *run.latent_hw, generator=g)
-    return (z * scheduler.init_noise_sigma).to(device, dtype).repeat(n_rows, 1, 1, 1)
-
-
-@torch.no_grad()
-def denoise(pipe, cond, uncond, z, scheduler, run: Run, control=None, on_step=None, start: int = 0) -> torch.Tensor:
-    """The reverse loop z_T -> z_0. ``control.step`` is set to the loop index before each UNet call;
-    ``on_step(i, z)`` may change the latents after each scheduler step. ``start``: the loop index
-    to begin at, ``z`` being the latents before that step (for schedulers without multistep state).
-    A progress bar shows where ``run.progress`` asks for one (None: on for Stable Diffusion)."""
-    from ..ldm import progress_bar
-
-    steps = list(enumerate(scheduler.timesteps))[start:]
-    for i, t in progress_bar(pipe, steps, len(steps), enabled=run.progress):
-        c = cond(i) if callable(cond) else cond  # a callable: text embeddings that change by step
-        emb = torch.cat([uncond.expand(len(c), -1, -1), c]) if run.cfg else c
-        if control is not None:
-            control.step = i
-        x = torch.cat([z, z]) if run.cfg else z
-        x = scheduler.scale_model_input(x, t)
-        eps = pipe.unet(x, t, encoder_hidden_states=emb).sample
-        if run.cfg:
-            eps_u, eps_c = eps.chunk(2)
-            eps = eps_u + run.guidance_scale * (eps_c - eps_u)
-        z = scheduler.step(eps, t, z).prev_sample
-        if on_step is not None:
-            z = on_step(i, z)
-    return z
-
-
-@torch.no_grad()
-def decode(pipe, z) -> np.ndarray:
-    """Latents (n, C, h, w) -> images (n, H, W, 3) float32 in [0, 1]."""
-    x = pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample
-    return (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
+def shared_noise(pipe, run: Run, n_rows: int, scheduler) -> torch.Tensor:
+    """z_T (n_rows, C, h, w): one draw from the run's seed (a CPU generator), repeated for every row."""
+    f = pipe.vae_scale_factor
+    h, w = run.latent_hw
+    z = ldm.initial_latents(pipe, run.seed, 1, h * f, w * f, scheduler)  # (1, C, h, w)
+    return z.repeat(n_rows, 1, 1, 1)
 
 
 def run_loop(pipe, prompts, run: Run, control=None, on_step=None, latents=None, cond=None,
              start: int = 0, scheduler=None) -> torch.Tensor:
-    """Encode (unless ``cond`` is given), draw z_T, denoise under ``control`` (installed for the
-    loop only); returns z_0. ``scheduler``: a fresh one from ``make_scheduler`` (made if None)."""
-    sch = make_scheduler(pipe, run.num_steps) if scheduler is None else scheduler
-    cond = encode_prompts(pipe, prompts) if cond is None else cond
-    uncond = encode_prompts(pipe, [""]) if run.cfg else None
-    z = initial_noise(pipe, run, len(prompts), sch) if latents is None else latents
-    if control is None:
-        return denoise(pipe, cond, uncond, z, sch, run, None, on_step, start)
-    control.n_uncond = len(prompts) if run.cfg else 0
-    with attention_control(pipe.unet, control):
-        return denoise(pipe, cond, uncond, z, sch, run, control, on_step, start)
+    """Encode (unless ``cond`` is given), draw the shared z_T, denoise with ``control`` installed
+    (:func:`p2p_lab.ldm.denoise`); returns z_0. ``on_step(i, z) -> z`` after each step.
+    ``scheduler``: a fresh one (:func:`p2p_lab.ldm.fresh_scheduler`), made if None."""
+    sch = ldm.fresh_scheduler(pipe, run.num_steps) if scheduler is None else scheduler
+    cond = ldm.encode_text(pipe, prompts) if cond is None else cond  # (n, L, D) or a function of i
+    uncond = ldm.encode_text(pipe, [""]) if run.cfg else None  # (1, L, D)
+    z = shared_noise(pipe, run, len(prompts), sch) if latents is None else latents
+    step = None if on_step is None else (lambda i, out: on_step(i, out.prev))
+    return ldm.denoise(pipe, z, cond, uncond, sch, run.guidance_scale, control=control, on_step=step,
+                       start=start, progress=run.progress)
+
+
+def images(pipe, z0: torch.Tensor) -> np.ndarray:
+    """Latents (n, C, h, w) -> images (n, H, W, 3) float32 in [0, 1] (:func:`p2p_lab.ldm.decode`)."""
+    return ldm.to_numpy(ldm.decode(pipe, z0))
 
 
 def _prompt_list(prompts) -> list[str]:
@@ -135,29 +83,19 @@ def _prompt_list(prompts) -> list[str]:
 
 
 @strict_options
-def sample(pipe, prompts, *, seed: int = 0, num_inference_steps: int | None = None,
-           guidance_scale: float | None = None, store=None, latents=None,
-           progress: bool | None = None) -> np.ndarray:
-    """Plain sampling of every prompt from the same z_T: images (n, H, W, 3) float32 in [0, 1].
+def record_maps(pipe, prompts, store, *, seed: int = 0, num_inference_steps: int | None = None,
+                guidance_scale: float | None = None, latents=None, progress: bool | None = None) -> np.ndarray:
+    """Sample every prompt from the same z_T and record their attention maps into ``store`` (an
+    :class:`~p2p_lab.p2p.AttentionStore`): images (n, H, W, 3) float32 in [0, 1].
 
-    ``store``: an AttentionStore to fill. ``latents``: your own z_T (n, C, h, w), already scaled.
-    ``progress``: a progress bar (default: on for Stable Diffusion, off for the shipped model).
+    ``latents``: your own z_T (n, C, h, w), already scaled. ``progress``: a progress bar
+    (default: on for Stable Diffusion, off for the shipped model).
     """
     from .controls import StoreControl
 
     prompts = _prompt_list(prompts)
     run = resolve_run(pipe, seed, num_inference_steps, guidance_scale, progress)
-    control = None if store is None else StoreControl(store, run.latent_hw, 0)
-    return decode(pipe, run_loop(pipe, prompts, run, control, latents=latents))
-
-
-@strict_options
-def fixed_seed(pipe, source: str, targets, *, seed: int = 0, num_inference_steps: int | None = None,
-               guidance_scale: float | None = None, progress: bool | None = None) -> np.ndarray:
-    """The baseline: source and targets from the same z_T, no attention control. (1 + T, H, W, 3)."""
-    return sample(pipe, [source, *_prompt_list(targets)], seed=seed,
-                  num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                  progress=progress)
+    return images(pipe, run_loop(pipe, prompts, run, StoreControl(store, run.latent_hw), latents=latents))
 
 
 def latent_mask(mask, latent_hw, device) -> torch.Tensor:
@@ -177,10 +115,9 @@ def mask_blend(pipe, source: str, target: str, mask, *, seed: int = 0,
     """Mask-based editing (blended latent diffusion): outside ``mask`` the target's latent follows
     the source's trajectory, z*_t <- m z*_t + (1 - m) z_t after every step. Images (2, H, W, 3)."""
     run = resolve_run(pipe, seed, num_inference_steps, guidance_scale, progress)
-    device, dtype = _device_dtype(pipe)
-    m = latent_mask(mask, run.latent_hw, device).to(dtype)
+    m = latent_mask(mask, run.latent_hw, ldm.pipe_device(pipe)).to(ldm.pipe_dtype(pipe))
 
     def keep_outside(i, z):  # z (2, C, h, w): row 0 source, row 1 target
         return torch.cat([z[:1], m * z[1:] + (1 - m) * z[:1]])
 
-    return decode(pipe, run_loop(pipe, [source, target], run, on_step=keep_outside))
+    return images(pipe, run_loop(pipe, [source, target], run, on_step=keep_outside))

@@ -12,7 +12,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from .layers import LayerInfo
+from ..unet_attention import LayerInfo
 
 
 @dataclasses.dataclass

@@ -218,11 +218,11 @@ class AttentionExplorer:
                  guidance_scale: float | None = None, dpi: int = 70):
         import ipywidgets as W
 
-        from ..p2p import AttentionStore, sample
+        from ..p2p import AttentionStore, record_maps
 
         self.store = AttentionStore(per_step=True)
-        self.image = sample(pipe, [prompt], seed=seed, num_inference_steps=num_inference_steps,
-                            guidance_scale=guidance_scale, store=self.store)[0]
+        self.image = record_maps(pipe, [prompt], self.store, seed=seed, num_inference_steps=num_inference_steps,
+                                 guidance_scale=guidance_scale)[0]
         self.labels = viz.token_labels(pipe.tokenizer, prompt)
         self.num_steps, self.dpi, self.prompt = num_inference_steps, dpi, prompt
         cross = [l for l in self.store.layers if l.is_cross]

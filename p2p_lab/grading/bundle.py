@@ -1,0 +1,175 @@
+"""Release: the solution markers, student notebooks (solutions stubbed) and the two bundles
+written from the master notebooks, ``student/`` and ``autograder/``."""
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+from pathlib import Path
+
+# Built from pieces so that this file itself never contains a marker line.
+BEGIN = "# BEGIN " + "SOLUTION"
+END = "# END " + "SOLUTION"
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+REPO_ROOT = PACKAGE_DIR.parent
+_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # question ids (test_<id> must be a name)
+
+
+def _source(cell) -> str:
+    src = cell.get("source", "")
+    return "".join(src) if isinstance(src, list) else src
+
+
+def strip_solutions(source: str, question: str) -> str:
+    """Replace each ``BEGIN``..``END`` block (markers included) with a stub at the same indentation."""
+    out, inside, indent = [], False, ""
+    for number, line in enumerate(source.split("\n"), 1):
+        marker = line.strip()
+        if marker == BEGIN:
+            if inside:
+                raise ValueError(f"line {number}: a second BEGIN marker before END")
+            inside, indent = True, line[: len(line) - len(line.lstrip())]
+            out.append(f'{indent}raise NotImplementedError("{question}: write your solution here")')
+        elif marker == END:
+            if not inside:
+                raise ValueError(f"line {number}: an END marker without BEGIN")
+            inside = False
+        elif not inside:
+            out.append(line)
+    if inside:
+        raise ValueError("a BEGIN marker without END")
+    return "\n".join(out)
+
+
+def _question(cell) -> str | None:
+    return (cell.get("metadata", {}).get("p2p_lab") or {}).get("question")
+
+
+def student_notebook(nb, name: str = "notebook"):
+    """The student version of a master notebook (a copy): solutions stubbed, outputs cleared."""
+    nb = copy.deepcopy(nb)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        src = _source(cell)
+        if BEGIN in src or END in src:
+            question = _question(cell)
+            if not question or not _ID.match(question):
+                raise ValueError(f"{name}, cell {i}: an exercise cell needs metadata "
+                                 f'{{"p2p_lab": {{"question": "<question_id>"}}}}, got {question!r}')
+            try:
+                cell.source = strip_solutions(src, question)
+            except ValueError as err:
+                raise ValueError(f"{name}, cell {i}: {err}") from None
+        cell.outputs, cell.execution_count = [], None
+    return nb
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    if src.is_dir():
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints"))
+    elif src.exists():
+        shutil.copy2(src, dst)
+
+
+def point_at_repo(nb, name: str, repo: str):
+    """The notebook's Colab badge and Colab install line rewritten for the GitHub repository ``repo``."""
+    from .. import colab_url, install_spec
+
+    old = (colab_url(name), install_spec())
+    new = (colab_url(name, repo), install_spec(repo))
+    for cell in nb.cells:
+        for a, b in zip(old, new):
+            cell.source = cell.source.replace(f"({a})", f"({b})").replace(f'"{a}"', f'"{b}"')
+    return nb
+
+
+def release(out_dir, notebooks_dir=None, repo_root=None, repo: str | None = None) -> Path:
+    """Write ``out_dir/student`` and ``out_dir/autograder`` from the master notebooks.
+
+    ``student/``: ``notebooks/`` (stubs in place of solutions, outputs cleared), the ``p2p_lab``
+    package, ``data/`` (the shipped model), ``pyproject.toml`` and a README (``pip install -e .``).
+    ``autograder/``: the same package and data, ``tests/hidden/``, and Gradescope's
+    ``setup.sh`` / ``run_autograder`` with a README. ``repo``: the GitHub repository ("owner/name")
+    the student version will live in; its notebooks' Colab badges and install lines point there
+    (default: ``p2p_lab.COLAB_REPO``). Returns ``out_dir``.
+    """
+    import nbformat
+
+    root = Path(repo_root or REPO_ROOT)
+    notebooks_dir = Path(notebooks_dir or root / "notebooks")
+    out = Path(out_dir)
+    masters = sorted(notebooks_dir.glob("*.ipynb"))
+    if not masters:
+        raise FileNotFoundError(f"no notebooks in {notebooks_dir}")
+    student, grader = out / "student", out / "autograder"
+    for d in (student, grader):
+        if d.exists():
+            shutil.rmtree(d)
+    versions = {p.name: student_notebook(nbformat.read(p, as_version=4), p.name) for p in masters}
+    if repo is not None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", repo):
+            raise ValueError(f"repo must be a GitHub repository as owner/name, got {repo!r}")
+        versions = {name: point_at_repo(nb, name, repo) for name, nb in versions.items()}
+    (student / "notebooks").mkdir(parents=True)
+    for name, nb in versions.items():
+        nbformat.write(nb, student / "notebooks" / name)
+    for target in (student, grader):
+        for part in ("p2p_lab", "data", "pyproject.toml", "README.md", "LICENSE"):
+            _copy_tree(root / part, target / part)
+    hidden = grader / "tests" / "hidden"
+    hidden.mkdir(parents=True)
+    for p in sorted((root / "tests" / "hidden").glob("hidden_*.py")):
+        shutil.copy2(p, hidden / p.name)
+    _write_bundle_files(student, grader, sorted(versions))
+    return out
+
+
+_STUDENT_README = """# p2p_lab: student version
+
+Install once (a CPU-only torch first on a laptop), then open the notebooks:
+
+    pip install -e ".[lab]"
+    jupyter lab notebooks/
+
+Each exercise cell raises `NotImplementedError` until you write your solution; the cell after it
+runs a public check. Submit the notebook file (any file name).
+"""
+
+_GRADER_README = """# p2p_lab autograder
+
+Local grading (from this folder):
+
+    pip install -e ".[lab]"
+    python -m p2p_lab grade SUBMISSION.ipynb --json results.json
+    python -m p2p_lab grade SUBMISSIONS_DIR --json results_dir/   # one JSON per notebook
+
+Gradescope: zip this folder's contents (setup.sh and run_autograder at the top level) and upload
+it as the autograder; `run_autograder` grades /autograder/submission into
+/autograder/results/results.json. Hidden tests: tests/hidden/hidden_<assignment>.py.
+Notebooks graded: {names}.
+"""
+
+_RUN_AUTOGRADER = """#!/usr/bin/env bash
+# Gradescope entry point: grade the submitted notebook into results.json.
+set -u
+cd /autograder/source
+mkdir -p /autograder/results
+python3 -m p2p_lab grade /autograder/submission --json /autograder/results/results.json \\
+    --hidden /autograder/source/tests/hidden
+"""
+
+_SETUP = """#!/usr/bin/env bash
+# Gradescope set-up: CPU-only torch first, then the package with its dependencies.
+set -eu
+pip3 install --index-url https://download.pytorch.org/whl/cpu torch
+pip3 install -e "/autograder/source[lab]"
+"""
+
+
+def _write_bundle_files(student: Path, grader: Path, names: list[str]) -> None:
+    (student / "README.md").write_text(_STUDENT_README)
+    (grader / "README.md").write_text(_GRADER_README.format(names=", ".join(names)))
+    for name, text in (("run_autograder", _RUN_AUTOGRADER), ("setup.sh", _SETUP)):
+        (grader / name).write_text(text)
+        (grader / name).chmod(0o755)

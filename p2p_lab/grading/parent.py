@@ -1,0 +1,319 @@
+"""Grading, the parent side: :class:`Limits`, :func:`grade` and :func:`grade_notebook`, which run
+and watch the grading process (:mod:`.child`), read its events and write Gradescope's JSON."""
+from __future__ import annotations
+
+import ast
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from .bundle import _ID, REPO_ROOT, _question
+
+_ASSIGNMENT = re.compile(r"^[A-Za-z0-9_-]+$")  # assignment names are file stems
+
+
+@dataclasses.dataclass
+class Limits:
+    """Time and output limits of one submission's grading."""
+
+    cell_s: float = 180.0  # one notebook cell
+    question_s: float = 60.0  # one question's hidden test
+    startup_s: float = 180.0  # importing torch & co and loading the hidden tests
+    total_s: float = 1200.0  # the whole submission, reruns included
+    output_chars: int = 20_000  # kept per cell / per question / for the child's raw output
+    attempts: int = 4  # reruns after a cell or a test kills or hangs the grading process
+    memory_gb: float | None = None  # address-space limit of the grading process (None: none)
+    threads: int | None = None  # torch threads of the grading process (None: torch's choice);
+    # ``grade`` with jobs > 1 sets cores // jobs: two notebooks graded side by side with 2 threads
+    # each on 2 cores spun for over 10 minutes, against 97 s with 1 thread each
+
+
+def _load_json_nb(path: Path):
+    import nbformat
+
+    return nbformat.read(path, as_version=4)
+
+
+def find_assignment(nb, path: Path | None = None, hidden_dir: Path | None = None) -> str:
+    """The assignment a notebook answers: its ``p2p_lab.assignment`` metadata, else the hidden
+    test file whose questions its exercise cells name, else its file name."""
+    meta = nb.metadata.get("p2p_lab") or {}
+    name = meta.get("assignment") if isinstance(meta, dict) else None
+    if isinstance(name, str) and _ASSIGNMENT.match(name):
+        return name
+    asked = {_question(c) for c in nb.cells if _question(c)}
+    if asked and hidden_dir is not None:
+        for p in sorted(Path(hidden_dir).glob("hidden_*.py")):
+            if asked & set(_questions(p)):
+                return p.stem[len("hidden_"):]
+    if path is not None and hidden_dir is not None and (Path(hidden_dir) / f"hidden_{path.stem}.py").exists():
+        return path.stem
+    raise ValueError("cannot tell which assignment this notebook answers: its metadata has no "
+                     "p2p_lab.assignment; submit the notebook file you were given (renaming is fine)")
+
+
+def _questions(hidden_file: Path) -> dict:
+    """QUESTIONS of a hidden test file, read without running it (a literal dict)."""
+    tree = ast.parse(hidden_file.read_text())
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else (
+            [node.target] if isinstance(node, ast.AnnAssign) else [])
+        if any(isinstance(t, ast.Name) and t.id == "QUESTIONS" for t in targets):
+            questions = ast.literal_eval(node.value)
+            for q, spec in questions.items():
+                if not _ID.match(q) or "points" not in spec or "name" not in spec:
+                    raise ValueError(f"{hidden_file.name}: question {q!r} needs an identifier id and "
+                                     f"'points' and 'name'")
+            return questions
+    raise ValueError(f"{hidden_file.name} defines no literal QUESTIONS dict")
+
+
+def default_hidden_dir() -> Path:
+    """``$P2P_LAB_HIDDEN``, else ``tests/hidden`` beside the package (a checkout or the bundle)."""
+    return Path(os.environ.get("P2P_LAB_HIDDEN") or REPO_ROOT / "tests" / "hidden")
+
+
+def _test(name, score, max_score, output) -> dict:
+    return {"name": name, "score": round(float(score), 4), "max_score": float(max_score),
+            "output": output}
+
+
+def _error_result(message: str, started: float) -> dict:
+    return {"score": 0.0, "execution_time": round(time.monotonic() - started, 1), "output": message,
+            "tests": []}
+
+
+def grade_notebook(path, hidden_dir=None, limits: Limits | None = None) -> dict:
+    """Grade one submitted notebook; returns Gradescope's results dict. Never raises for a bad
+    submission: what went wrong is in the results' ``output``."""
+    started = time.monotonic()
+    path, limits = Path(path), limits or Limits()
+    hidden_dir = Path(hidden_dir or default_hidden_dir())
+    try:
+        nb = _load_json_nb(path)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the submission's problem
+        return _error_result(f"{path.name} is not a readable Jupyter notebook ({type(err).__name__}: "
+                             f"{err}); submit the .ipynb file", started)
+    try:
+        assignment = find_assignment(nb, path, hidden_dir)
+    except ValueError as err:
+        return _error_result(str(err), started)
+    hidden = hidden_dir / f"hidden_{assignment}.py"
+    if not hidden.exists():
+        return _error_result(f"this notebook says it is assignment {assignment!r}, which has no hidden "
+                             f"tests here ({hidden}); submit one of the course's notebooks", started)
+    try:
+        questions = _questions(hidden)
+    except (SyntaxError, ValueError) as err:
+        return _error_result(f"the hidden tests {hidden.name} are broken (an instructor error): {err}",
+                             started)
+    try:
+        results, log = _run_attempts(path, hidden, questions, limits)
+    except Exception as err:  # noqa: BLE001 - the grader itself must never crash on a submission
+        results, log = {}, [f"internal grader error ({type(err).__name__}: {err}); nothing was graded"]
+    tests = [results.get(q) or _test(f"{q}: {spec['name']}", 0, spec["points"], "not graded")
+             for q, spec in questions.items()]
+    return {"score": round(sum(t["score"] for t in tests), 4),
+            "execution_time": round(time.monotonic() - started, 1),
+            "output": f"assignment {assignment}\n" + "\n".join(log), "tests": tests}
+
+
+def _run_attempts(path: Path, hidden: Path, questions: dict, limits: Limits):
+    """Run the grading process, rerunning it without a cell or test that killed or hung it."""
+    deadline = time.monotonic() + limits.total_s
+    skip_cells: list[int] = []
+    results: dict[str, dict] = {}
+    log: list[str] = []
+    for _ in range(limits.attempts):
+        remaining = [q for q in questions if q not in results]
+        if not remaining or time.monotonic() >= deadline:
+            break
+        events, reason, raw = _run_child(path, hidden, remaining, skip_cells, limits, deadline)
+        cell_errors = [e for e in events if "cell_error" in e]
+        if cell_errors and not log:
+            log += [e["cell_error"] for e in cell_errors]
+        _collect(events, remaining, questions, results, limits.output_chars)
+        if any(e.get("done") for e in events):
+            break
+        last = next((e for e in reversed(events) if "cell" in e or "question" in e), None)
+        if last is None:
+            log.append(f"the grading process stopped before running the notebook ({reason}); "
+                       f"its output ends with: {raw[-1500:]}")
+            break
+        if "question" in last:
+            q = last["question"]
+            if q in questions and q not in results:
+                spec = questions[q]
+                results[q] = _test(f"{q}: {spec['name']}", 0, spec["points"],
+                                   f"the test of this question stopped the grading process ({reason}): "
+                                   f"an infinite loop, a crash, or exit() inside your function?")
+        else:
+            skip_cells.append(int(last["cell"]))
+            log.append(f"cell {last['cell']} stopped the grading process ({reason}); the notebook was "
+                       f"run again without it")
+    for q in questions:
+        if q not in results:
+            log.append(f"question {q} was not graded: the time for this submission ran out")
+    return results, log
+
+
+def _collect(events, remaining, questions, results: dict, cap: int) -> None:
+    """Add the results the grading process reported for ``remaining`` questions to ``results``."""
+    for e in events:
+        r = e.get("result")
+        if isinstance(r, dict) and r.get("id") in remaining and r["id"] not in results:
+            spec = questions[r["id"]]
+            try:
+                frac = min(1.0, max(0.0, float(r.get("fraction", 0.0))))
+            except (TypeError, ValueError):
+                frac = 0.0
+            results[r["id"]] = _test(f"{r['id']}: {spec['name']}", frac * spec["points"],
+                                     spec["points"], str(r.get("output", ""))[:cap])
+
+
+def _child_env(threads: int | None = None) -> dict:
+    env = dict(os.environ)
+    if threads:  # the caller's own OMP_NUM_THREADS / MKL_NUM_THREADS win
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+        env.setdefault("MKL_NUM_THREADS", str(threads))
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["MPLBACKEND"] = "Agg"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("IPYTHONDIR", str(Path(tempfile.gettempdir()) / "p2p_lab_ipython"))
+    return env
+
+
+def _drain(stream, keep: list, cap: int) -> None:
+    """Read a pipe to its end, keeping the first ``cap`` bytes (so a flood cannot block the child)."""
+    size = 0
+    for chunk in iter(lambda: stream.read(65536), b""):
+        if size < cap:
+            keep.append(chunk[: cap - size])
+        size += len(chunk)
+
+
+def _run_child(path, hidden, questions, skip_cells, limits: Limits, deadline: float):
+    """One grading process, watched: killed when a phase overruns. -> (events, reason, raw output)."""
+    with tempfile.TemporaryDirectory(prefix="p2p_grade_") as tmp:
+        events_file = Path(tmp) / "events.jsonl"
+        events_file.touch()
+        config = dict(notebook=str(path.resolve()), hidden=str(hidden.resolve()), questions=questions,
+                      skip_cells=skip_cells, cell_s=limits.cell_s, question_s=limits.question_s,
+                      output_chars=limits.output_chars, memory_gb=limits.memory_gb,
+                      events=str(events_file))
+        (Path(tmp) / "config.json").write_text(json.dumps(config))
+        cmd = [sys.executable, "-c", "import sys; from p2p_lab.grading.child import _child_main; "
+               "_child_main(sys.argv[1])", str(Path(tmp) / "config.json")]
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, cwd=str(path.resolve().parent),
+                                env=_child_env(limits.threads), start_new_session=True)
+        raw: list[bytes] = []
+        reader = threading.Thread(target=_drain, args=(proc.stdout, raw, limits.output_chars), daemon=True)
+        reader.start()
+        reason = _watch(proc, events_file, limits, deadline)
+        _kill_group(proc)
+        reader.join(timeout=5)
+        events = _read_events(events_file)
+    return events, reason, b"".join(raw).decode("utf-8", "replace")
+
+
+def _watch(proc, events_file: Path, limits: Limits, deadline: float) -> str:
+    grace = 10.0
+    phase, since = ("startup", limits.startup_s), time.monotonic()
+    seen = 0
+    while True:
+        code = proc.poll()
+        if code is not None:
+            return f"the process exited with code {code}" if code else "the process exited"
+        events = _read_events(events_file)
+        if len(events) > seen:
+            for e in events[seen:]:
+                if "cell" in e:
+                    phase = (f"cell {e['cell']}", limits.cell_s)
+                elif "question" in e:
+                    phase = (f"question {e['question']}", limits.question_s)
+            seen, since = len(events), time.monotonic()
+        now = time.monotonic()
+        if now >= deadline:
+            return f"the submission's total time limit of {limits.total_s:.0f} s ran out"
+        if now - since > phase[1] + grace:
+            return f"{phase[0]} ran past its time limit of {phase[1]:.0f} s"
+        time.sleep(0.1)
+
+
+def _kill_group(proc) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(Exception):
+        proc.wait(timeout=10)
+
+
+def _read_events(path: Path) -> list[dict]:
+    events = []
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return events
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            e = json.loads(line)
+            if isinstance(e, dict):
+                events.append(e)
+    return events
+
+
+def grade(submission, json_out=None, hidden_dir=None, limits: Limits | None = None, jobs: int = 1):
+    """Grade a notebook, or every notebook in a directory, and write Gradescope JSON.
+
+    A file: ``json_out`` is the results file (default ``results.json``); returns the results dict.
+    A directory: ``json_out`` is a folder (default ``SUBMISSION/results``) receiving one
+    ``<name>.json`` per notebook (found recursively); returns {notebook path: results}. A directory
+    holding exactly one notebook with ``json_out`` ending in ``.json`` writes that single file
+    (Gradescope's layout). ``jobs``: notebooks of a directory graded at the same time.
+    """
+    submission = Path(submission)
+    if not submission.exists():
+        raise FileNotFoundError(f"no such submission: {submission}")
+    if submission.is_file():
+        return _grade_to(submission, Path(json_out or "results.json"), hidden_dir, limits)
+    notebooks = sorted(p for p in submission.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+    if json_out is not None and str(json_out).endswith(".json") and len(notebooks) <= 1:
+        if not notebooks:
+            result = _error_result("no .ipynb file was submitted", time.monotonic())
+            _write_json(Path(json_out), result)
+            return result
+        return _grade_to(notebooks[0], Path(json_out), hidden_dir, limits)
+    out_dir = Path(json_out or submission / "results")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from concurrent.futures import ThreadPoolExecutor
+
+    limits = limits or Limits()
+    if jobs > 1 and limits.threads is None:  # notebooks graded side by side share the cores
+        limits = dataclasses.replace(limits, threads=max(1, (os.cpu_count() or 1) // jobs))
+
+    def one(nb: Path) -> dict:
+        stem = "__".join(nb.relative_to(submission).with_suffix("").parts)
+        return _grade_to(nb, out_dir / f"{stem}.json", hidden_dir, limits)
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return dict(zip(map(str, notebooks), pool.map(one, notebooks)))
+
+
+def _grade_to(path: Path, json_out: Path, hidden_dir, limits) -> dict:
+    result = grade_notebook(path, hidden_dir, limits)
+    _write_json(json_out, result)
+    return result
+
+
+def _write_json(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
