@@ -639,6 +639,7 @@ def fixed_seed_baseline(pipe, source: str, target: str, seeds, num_inference_ste
     the background colour changed. ``score=False`` (Stable Diffusion) keeps the images only; the
     numbers are then nan / False.
     """
+    from .metrics import centroid_shift
     from .shapes import read_image
 
     seeds = [int(s) for s in seeds]
@@ -649,7 +650,6 @@ def fixed_seed_baseline(pipe, source: str, target: str, seeds, num_inference_ste
         ra, rb = (read_image(a), read_image(b)) if score else (None, None)
         ok = bool(score and ra.objects and rb.objects)
         found.append(ok)
-        shift.append(float(np.hypot(*np.subtract(ra.objects[0].centroid, rb.objects[0].centroid)))
-                     if ok else float("nan"))
+        shift.append(centroid_shift(ra, rb) if ok else float("nan"))
         bg.append(bool(score and ra.background != rb.background))
     return BaselineStats(seeds, shift, bg, found, threshold, src, tgt)

@@ -1,0 +1,84 @@
+"""How an edit is scored in the shapes world: what moved, what changed, what should not have.
+
+Taught in notebooks 04 (the fixed-seed baseline, measured) and 05 (Prompt-to-Prompt, measured);
+the benchmarks (``benchmarks/p2p_eval.py``, ``benchmarks/model_quality.py``) score with the same
+functions. Every picture is read back by the shapes world's scorer (:func:`p2p_lab.shapes.read_image`),
+so these numbers exist only for the shipped model: a photograph has no ground truth to read.
+
+Images are (H, W, 3) float arrays in [0, 1] (or uint8).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import shapes
+
+PSNR_CAP = 60.0  # dB: identical regions score this instead of infinity
+
+
+def _reading(image_or_reading):
+    return image_or_reading if isinstance(image_or_reading, shapes.Reading) else shapes.read_image(image_or_reading)
+
+
+def main_object(image_or_reading):
+    """The largest object the scorer reads in a picture (it lists them largest first), or None."""
+    objects = _reading(image_or_reading).objects
+    return objects[0] if objects else None
+
+
+def centroid_shift(a, b) -> float:
+    """Pixels between the main objects' centroids of two pictures (or readings, or objects):
+    sqrt((y_a - y_b)^2 + (x_a - x_b)^2); nan where either picture has no object."""
+    oa = a if isinstance(a, shapes.ObjectReading) else main_object(a)
+    ob = b if isinstance(b, shapes.ObjectReading) else main_object(b)
+    if oa is None or ob is None:
+        return float("nan")
+    return float(np.hypot(*np.subtract(oa.centroid, ob.centroid)))
+
+
+def pixel_change(a, b) -> float:
+    """Mean absolute difference per pixel and channel between two pictures in [0, 1]."""
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).mean())
+
+
+def psnr(a, b, region=None, cap: float = PSNR_CAP) -> float | None:
+    """10 log10(1 / MSE) in dB over ``region`` (an (H, W) bool mask; all pixels when None), images
+    in [0, 1]; None for an empty region, ``cap`` for identical pixels."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    region = np.ones(a.shape[:2], bool) if region is None else np.asarray(region, bool)
+    if region.sum() == 0:
+        return None
+    mse = float(((a - b) ** 2)[region].mean())
+    return cap if mse == 0 else min(cap, 10 * np.log10(1.0 / mse))
+
+
+def object_mask(image, grow: int = 3) -> np.ndarray | None:
+    """The main object's pixels, grown by ``grow`` pixels (the mask a mask-based edit is handed),
+    or None where the scorer finds no object."""
+    from scipy import ndimage
+
+    obj = main_object(image)
+    if obj is None:
+        return None
+    return ndimage.binary_dilation(obj.mask, iterations=grow) if grow else obj.mask
+
+
+def edit_correct(image, prompt: str) -> bool:
+    """Does the picture show everything a one-object prompt asks (:func:`p2p_lab.shapes.score_caption`)?"""
+    return bool(shapes.score_caption(image, prompt)["all"])
+
+
+def map_correlation(a, b) -> float:
+    """Pearson correlation of two attention maps (any equal shapes), e.g. a word's map at one step
+    against its map at the last step."""
+    a = np.asarray(a, np.float64).ravel()
+    b = np.asarray(b, np.float64).ravel()
+    a, b = a - a.mean(), b - b.mean()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+
+
+def describe(image) -> str:
+    """What the scorer reads, in two short lines: "red circle" / "on blue"."""
+    r = _reading(image)
+    obj = main_object(r)
+    return f"{obj.color} {obj.shape}\non {r.background}" if obj is not None else f"no object\non {r.background}"
