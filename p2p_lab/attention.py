@@ -153,32 +153,31 @@ def token_maps(probs: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 def cross_attention_layers(unet) -> list[str]:
     """Names of a diffusers UNet's cross-attention layers (``...attn2``), in the UNet's order."""
-    return [name[: -len(".processor")] for name in unet.attn_processors if ".attn2." in name + "."]
+    from .unet_attention import cross_attention_layers as names
+
+    return names(unet)
 
 
-class _RecordingProcessor:
-    """Wraps a layer's original processor: the output is the original's, unchanged; the attention
-    probabilities are recomputed from the layer's own projections with
-    :func:`scaled_dot_product_attention` and appended to ``store``."""
+class _LayerRecorder:
+    """An attention control (:mod:`p2p_lab.unet_attention`) that keeps one layer's probabilities,
+    recomputed with :func:`scaled_dot_product_attention` in float32, and leaves its output as it is
+    (torch's fused attention, exactly what diffusers' default processor computes)."""
 
-    def __init__(self, original, store: list):
-        self.original, self.store = original, store
+    n_uncond, step = 0, 0
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 temb=None, *args, **kwargs):
-        x = hidden_states
-        if x.ndim == 4:  # (batch, channels, h, w) -> (batch, h * w, channels)
-            x = x.flatten(2).transpose(1, 2)
-        context = x if encoder_hidden_states is None else encoder_hidden_states
-        if encoder_hidden_states is not None and attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(context)
-        with torch.no_grad():
-            q = split_heads(attn.to_q(x), attn.heads).float()  # (batch, heads, n_pixels, d_head)
-            k = split_heads(attn.to_k(context), attn.heads).float()  # (batch, heads, n_tokens, d_head)
-            _, probs = scaled_dot_product_attention(q, k, k[..., :1])  # (batch, heads, n_pixels, n_tokens)
-        self.store.append(probs.cpu())
-        return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb,
-                             *args, **kwargs)
+    def __init__(self, layer: str, latent_hw):
+        self.layer, self.latent_hw = layer, latent_hw
+        self.probs: list[torch.Tensor] = []
+        self.size = None
+
+    def wants(self, layer) -> bool:
+        return layer.name == self.layer
+
+    def attention_batch(self, layer, q, k, v, mask):
+        _, probs = scaled_dot_product_attention(q.float(), k.float(), k[..., :1].float())
+        self.probs.append(probs.cpu())  # (batch, heads, n_pixels, n_tokens)
+        self.size = layer.resolution
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 @dataclasses.dataclass
@@ -201,44 +200,25 @@ class CrossAttentionRecord:
         return token_maps(probs[batch], *self.size)
 
 
-def _layer_size(n_pixels: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
-    h, w = latent_hw
-    scale = math.sqrt(h * w / n_pixels)
-    size = (round(h / scale), round(w / scale))
-    if size[0] * size[1] != n_pixels:
-        raise ValueError(f"cannot lay {n_pixels} pixels out on a grid shaped like the latent {h}x{w}")
-    return size
-
-
 def record_cross_attention(pipe, prompt: str, layer: str | None = None, *, num_inference_steps: int = 10,
                            guidance_scale: float = 7.5, seed: int = 0) -> CrossAttentionRecord:
     """Sample ``prompt`` with ``pipe`` and record one cross-attention layer's probabilities.
 
     ``layer``: a name from :func:`cross_attention_layers` (default: the first, at the highest
-    resolution). The recording processor is installed with diffusers' ``unet.set_attn_processor``
-    on that layer only, and the original processors are restored afterwards, even on error.
+    resolution). The sampling is the course's loop (:func:`p2p_lab.ldm.sample`, the image
+    ``pipe(...)`` gives for the seed) with a recording control on that layer
+    (:func:`p2p_lab.unet_attention.hooked`: diffusers' ``unet.set_attn_processor``, the original
+    processors restored afterwards, even on error).
     """
-    unet = pipe.unet
-    names = cross_attention_layers(unet)
+    from . import ldm
+    from .unet_attention import default_latent_hw
+
+    names = cross_attention_layers(pipe.unet)
     layer = names[0] if layer is None else layer
     if layer not in names:
         raise ValueError(f"{layer!r} is not a cross-attention layer of this UNet; choose one of {names}")
-    original = dict(unet.attn_processors)
-    store: list[torch.Tensor] = []
-    patched = dict(original)
-    patched[layer + ".processor"] = _RecordingProcessor(original[layer + ".processor"], store)
-    device = getattr(pipe, "device", "cpu")
-    generator = torch.Generator(device=device).manual_seed(seed)
-    unet.set_attn_processor(patched)
-    try:
-        image = pipe(prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                     generator=generator, output_type="np").images[0]
-    finally:
-        unet.set_attn_processor(original)
-    probs = torch.stack(store)  # (steps, batch, heads, n_pixels, n_tokens)
-    vae_scale = getattr(pipe, "vae_scale_factor", 8)
-    latent = image.shape[0] // vae_scale, image.shape[1] // vae_scale
-    ids = pipe.tokenizer(prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True).input_ids
-    return CrossAttentionRecord(layer, probs, _layer_size(probs.shape[-2], latent),
-                                pipe.tokenizer.convert_ids_to_tokens(ids), image)
+    recorder = _LayerRecorder(layer, default_latent_hw(pipe))
+    out = ldm.sample(pipe, prompt, seed, num_inference_steps, guidance_scale, control=recorder)
+    ids = ldm.tokenize(pipe.tokenizer, prompt)[0].tolist()
+    return CrossAttentionRecord(layer, torch.stack(recorder.probs), recorder.size,
+                                pipe.tokenizer.convert_ids_to_tokens(ids), out.numpy()[0])

@@ -327,7 +327,7 @@ def denoise(pipe, z: Tensor, cond, uncond: Tensor | None, scheduler, guidance_sc
 def sample(pipe, prompt, seed=0, num_inference_steps: int = 50, guidance_scale: float = 7.5,
            negative_prompt: str = "", latents: Tensor | None = None, height: int | None = None,
            width: int | None = None, eta: float = 0.0, return_intermediates: bool = False,
-           progress: bool | None = None) -> SampleOutput:
+           progress: bool | None = None, control=None) -> SampleOutput:
     """Text -> image by hand: encode the prompt, draw z_T, run the scheduler's steps, decode z_0.
 
     Gives the same images as ``pipe(prompt, num_inference_steps=..., guidance_scale=...,
@@ -336,7 +336,8 @@ def sample(pipe, prompt, seed=0, num_inference_steps: int = 50, guidance_scale: 
     ``w != 1``, so ``w = 0`` is the unconditional model). ``latents`` replaces the drawn z_T (it
     must already include ``init_noise_sigma``). ``return_intermediates`` keeps z_t and the
     predicted z_0 of every step. ``progress``: a progress bar (default: on for Stable Diffusion,
-    off for the shipped model).
+    off for the shipped model). ``control``: an attention control installed for the loop (a
+    recorder in notebook 02, see :mod:`p2p_lab.unet_attention`).
     """
     prompts = _as_list(prompt)
     emb = encode_prompt(pipe, prompts, negative_prompt)
@@ -355,7 +356,7 @@ def sample(pipe, prompt, seed=0, num_inference_steps: int = 50, guidance_scale: 
         return out.prev
 
     z = denoise(pipe, z, emb.cond, emb.uncond, scheduler, guidance_scale, generator=g, eta=eta,
-                on_step=keep if return_intermediates else None, progress=progress)
+                on_step=keep if return_intermediates else None, progress=progress, control=control)
     return SampleOutput(decode(pipe, z), z, [int(t) for t in scheduler.timesteps], traj, x0s)
 
 

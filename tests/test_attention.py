@@ -116,20 +116,23 @@ def test_token_maps_reads_columns_row_major():
         att.token_maps(probs[None], h, w)
 
 
-def test_recording_processor_matches_diffusers():
+def test_recording_control_matches_diffusers():
     from diffusers.models.attention_processor import Attention, AttnProcessor
+
+    from p2p_lab.unet_attention import AttentionHook, LayerInfo
 
     torch.manual_seed(0)
     layer = Attention(query_dim=16, cross_attention_dim=10, heads=4, dim_head=4).eval()
     x, ctx = torch.randn(2, 6, 16), torch.randn(2, 5, 10)
-    store = []
-    layer.set_processor(att._RecordingProcessor(AttnProcessor(), store))
+    recorder = att._LayerRecorder("t", (2, 3))  # 6 queries: a 2 x 3 latent
+    layer.set_processor(AttentionHook(LayerInfo("t", "down", 4, True), recorder))
     out = layer(x, encoder_hidden_states=ctx)
     layer.set_processor(AttnProcessor())
     torch.testing.assert_close(out, layer(x, encoder_hidden_states=ctx))  # output unchanged
     q, k = layer.head_to_batch_dim(layer.to_q(x)), layer.head_to_batch_dim(layer.to_k(ctx))
     want = layer.get_attention_scores(q, k).reshape(2, 4, 6, 5)  # diffusers' own probabilities
-    torch.testing.assert_close(store[0], want.detach(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(recorder.probs[0], want.detach(), atol=1e-6, rtol=1e-5)
+    assert recorder.size == (2, 3)
 
 
 def test_record_cross_attention_on_shipped_model(shipped_pipe):
