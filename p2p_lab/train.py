@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from . import shapes
+from .unet_attention import Control, attend_all, hooked
 from .model import (ModelConfig, assemble_pipeline, build_scheduler, build_text_encoder,
                     build_unet, build_vae, save_pipeline)
 
@@ -173,53 +174,50 @@ def context_start(tokenizer, text: str, length: int) -> int:
 
 # ------------------------------------------------------------------ attention capture
 
-class CaptureCrossAttention:
-    """Attention processor that also stores head-averaged cross-attention probabilities.
+class AttentionCapture(Control):
+    """Keeps each cross-attention layer's head-averaged probabilities, gradients included.
 
-    Installed with ``unet.set_attn_processor`` on every layer; self-attention layers use torch's
-    fused attention, cross-attention layers compute probabilities explicitly and append them,
-    shaped (batch, n_pixels, n_tokens), to ``store``.
+    A client of :mod:`p2p_lab.unet_attention` (install it with ``hooked(unet, capture)``): at every
+    cross-attention layer A = softmax(Q K^T / sqrt(d)) is computed explicitly (``attend_all``) and
+    ``maps`` gets (the layer's query grid (rows, cols), A averaged over heads). Self-attention keeps
+    torch's fused attention. Training has no guidance (``n_uncond = 0``); a guided sampling run
+    passes its unconditional rows, which are then not recorded.
     """
 
-    def __init__(self, store: list, is_cross: bool):
-        self.store, self.is_cross = store, is_cross
+    def __init__(self, latent_hw: tuple[int, int], n_uncond: int = 0):
+        super().__init__(latent_hw)
+        self.n_uncond = n_uncond
+        self.maps: list[tuple[tuple[int, int], torch.Tensor]] = []
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 temb=None, **kwargs):
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        b, n, _ = hidden_states.shape
-        q = attn.to_q(hidden_states).view(b, n, attn.heads, -1).transpose(1, 2)  # (b, heads, n, d)
-        k = attn.to_k(context).view(b, context.shape[1], attn.heads, -1).transpose(1, 2)
-        v = attn.to_v(context).view(b, context.shape[1], attn.heads, -1).transpose(1, 2)
-        if self.is_cross:
-            probs = (q @ k.transpose(-1, -2) * attn.scale).softmax(-1)  # (b, heads, n, m)
-            self.store.append(probs.mean(1))
-            out = probs @ v
-        else:
-            out = F.scaled_dot_product_attention(q, k, v)
-        out = out.transpose(1, 2).reshape(b, n, -1)
-        return attn.to_out[1](attn.to_out[0](out))
+    def wants(self, layer) -> bool:
+        return layer.is_cross
+
+    def attention(self, layer, q, k, v, mask):
+        return attend_all(self, layer, q, k, v, mask)
+
+    def attend(self, layer, probs):
+        self.maps.append((layer.resolution, probs.mean(1)))  # (batch, n_pixels, n_tokens)
+        return probs
 
 
-def install_capture(unet) -> list:
-    store: list = []
-    procs = {name: CaptureCrossAttention(store, name.endswith("attn2.processor"))
-             for name in unet.attn_processors}
-    unet.set_attn_processor(procs)
-    return store
-
-
-def attention_loss(store, masks_by_res, obj_groups, bg) -> torch.Tensor:
+def attention_loss(maps, masks, obj_groups, bg) -> torch.Tensor:
     """Per-pixel loss: object pixels attend to the object's words, the rest to the background word.
 
-    store: list of (b, n_pix, m); masks_by_res: {res: (b, res*res) in {0, 1}};
-    obj_groups: (b, 3, m) one row per object word present; bg: (b, m).
+    Inside the object (a latent pixel at least half covered by its mask), -mean over the object's
+    words w of log sum_{j in w} A_ij; outside, -log sum_{j in background} A_ij; averaged over the
+    pixels of every map (captions without object or background words weigh nothing).
+    maps: list of ((rows, cols), A of shape (b, rows * cols, m)), as :class:`AttentionCapture`
+    keeps them; masks: (b, 1, H, W) object masks in [0, 1]; obj_groups: (b, 3, m) one row per
+    object word present; bg: (b, m).
     """
     present = obj_groups.amax(-1)  # (b, 3)
     has_obj, has_bg = present.amax(-1), bg.amax(-1)  # (b,)
+    inside_at: dict[tuple[int, int], torch.Tensor] = {}
     total, weight = 0.0, 0.0
-    for p in store:
-        inside = masks_by_res[int(math.isqrt(p.shape[1]))]  # (b, n_pix)
+    for grid, p in maps:
+        if grid not in inside_at:
+            inside_at[grid] = (F.adaptive_avg_pool2d(masks, grid) >= 0.5).float().flatten(1)  # (b, n_pix)
+        inside = inside_at[grid]
         p_word = torch.einsum("bnm,bgm->bng", p, obj_groups)  # (b, n_pix, 3)
         l_in = -(torch.log(p_word + 1e-4) * present[:, None]).sum(-1) / present.sum(-1).clamp(min=1)[:, None]
         l_out = -torch.log((p * bg[:, None]).sum(-1) + 1e-4)  # (b, n_pix)

@@ -5,9 +5,9 @@
 * ``check_alpha_blend``: per-word, per-step blending alpha_t (.) A_hat + (1 - alpha_t) (.) A*_t;
 * ``check_reweight``: re-weighting, the columns of the chosen tokens scaled by c.
 
-The trusted references are the small pure functions below, written from the paper's formulas
-(Hertz et al. 2022, Sec. 3.2); the engine in :mod:`p2p_lab.p2p` applies the same formulas inside
-the UNet's attention layers.
+The trusted references are the engine's own equations (:mod:`p2p_lab.p2p.equations`, written from
+the paper's formulas, Hertz et al. 2022, Sec. 3.2), which the engine applies inside the UNet's
+attention layers.
 """
 from __future__ import annotations
 
@@ -15,48 +15,19 @@ from typing import Callable
 
 import torch
 
+from ..p2p.equations import alpha_blend, apply_mapper, edit_switch, token_weights
+from ..p2p.equations import reweight as _reweight
 from ._core import CheckResult, Mistake, run_check
 
 __all__ = ["check_edit_switch", "check_replace_mapper", "check_alpha_blend", "check_reweight",
            "edit_switch", "apply_mapper", "alpha_blend", "reweight", "run_edit_switch"]
 
 
-# ------------------------------------------------------------------ references (from the formulas)
-
-def edit_switch(A_t: torch.Tensor, A_star_t: torch.Tensor, t: int, tau: int) -> torch.Tensor:
-    """Edit(A_t, A*_t, t) of Algorithm 1 (notebook 05): A*_t if t < tau, else A_t.
-
-    ``t`` and ``tau`` are timesteps; t counts DOWN from T, so the source's maps A_t are used in
-    the first steps (t >= tau) and the target's own maps A*_t afterwards.
-    """
-    return A_star_t if t < tau else A_t
-
-
-def apply_mapper(A: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
-    """A_hat = A M (notebook 05): the source's maps re-indexed onto the target's tokens.
-
-    A: (..., n_pixels, n_tokens) source cross-attention; M: (n_tokens, n_tokens) with
-    M[i, j] = weight of source token i in target token j.
-    """
-    return A @ M  # (..., n_pixels, n_tokens)
-
-
-def alpha_blend(A_hat: torch.Tensor, A_star: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """alpha_t (.) A_hat + (1 - alpha_t) (.) A*_t (notebook 05), alpha_t one weight per token.
-
-    alpha: (n_tokens,), 1 where token j still follows the source's (mapped) map at this step.
-    """
-    return alpha * A_hat + (1 - alpha) * A_star  # (..., n_pixels, n_tokens)
-
+# ------------------------------------------------------------------ references: the engine's own equations
 
 def reweight(A: torch.Tensor, token_indices: list[int], scale: float) -> torch.Tensor:
-    """Attention re-weighting (notebook 05): column j of A multiplied by c for j in token_indices.
-
-    No renormalisation (paper, Sec. 3.2): c > 1 strengthens the word, 0 <= c < 1 weakens it.
-    """
-    w = torch.ones(A.shape[-1], dtype=A.dtype)  # (n_tokens,)
-    w[list(token_indices)] = scale
-    return A * w  # (..., n_pixels, n_tokens)
+    """Attention re-weighting as the exercise asks it: the columns ``token_indices`` times c."""
+    return _reweight(A, token_weights(A.shape[-1], token_indices, scale, A.dtype))
 
 
 # ------------------------------------------------------------------ seeded inputs

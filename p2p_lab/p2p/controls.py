@@ -1,14 +1,15 @@
-"""The edits of Prompt-to-Prompt as one plan, and the controls the attention processor consults.
+"""The edits of Prompt-to-Prompt as one plan, and the controls the attention hook consults.
 
-Taught in notebook 05. For target k at loop step i, a cross-attention layer uses
+Taught in notebook 05. For target k at loop step i, a cross-attention layer attends with
+:func:`~p2p_lab.p2p.equations.edited_maps`:
 
-    A_hat = (A M_k + A*_k (.) keep_k) (.) w_k              (replace / refine, then reweight)
-    A_edit = alpha_{k,i} (.) A_hat + (1 - alpha_{k,i}) (.) A*_k
+    A_edit = alpha_{k,i} (.) ((A M_k + A*_k (.) keep_k) (.) w_k) + (1 - alpha_{k,i}) (.) A*_k
 
 with A the source's probabilities, A*_k the target's own, M_k the mapper (word swap or alignment),
 keep_k = 1 for target tokens the alignment leaves new (refine), w_k the reweighting scales, and
-alpha the per-token schedule from tau. In the self-attention window the target takes the
-source's self-attention probabilities.
+alpha the per-token schedule from tau; or, wherever nobody reads the maps, with the same edit moved
+onto the values (:func:`~p2p_lab.p2p.equations.value_maps`). In the self-attention window the
+target takes the source's self-attention probabilities.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import numbers
 import torch
 import torch.nn.functional as F
 
+from . import equations as eq
 from .align import refine_mapper, refine_matrix, replace_mapper, token_indices, words_of
 from ..unet_attention import Control, LayerInfo, attend_all, attention_probs
 from .schedule import DEFAULT_KEY, alpha_schedule, step_window
@@ -68,29 +70,21 @@ class EditPlan:
     def edit_cross(self, src: torch.Tensor, tgt: torch.Tensor, step: int) -> torch.Tensor:
         """src (heads, q, L), tgt (T, heads, q, L) -> edited target probabilities (T, heads, q, L)."""
         M, keep, w, alpha = self._tensors(src.device)
-        alpha = alpha[:, step]  # (T, L)
-        hat = torch.einsum("hqi,tij->thqj", src, M) + tgt * keep[:, None, None, :]
-        hat = hat * w[:, None, None, :]
-        a = alpha[:, None, None, :]  # (T, 1, 1, L)
-        return a * hat + (1 - a) * tgt
+        per_token = lambda x: x[:, None, None, :]  # noqa: E731  (T, L) -> (T, 1, 1, L)
+        return eq.edited_maps(src, tgt, M[:, None], per_token(keep), per_token(w), per_token(alpha[:, step]))
 
     def value_maps(self, step: int, device, dtype=torch.float32):
-        """The edit of ``edit_cross`` moved onto the values, so that no probabilities are needed.
-
-        A_edit is linear in A and A*, column by column:
-        A_edit = A (M diag(alpha w)) + A* diag(c),  c = alpha keep w + 1 - alpha,
-        so A_edit V = A (P V) + A* (c V) with P = M diag(alpha w): two fused attention calls, the
-        first with the source's queries and keys. Returns (P or None for the identity, c or None
-        where c is 0 for every token), each on ``device`` in ``dtype``.
+        """The edit of ``edit_cross`` moved onto the values (:func:`~p2p_lab.p2p.equations.value_maps`):
+        A_edit V = A (P V) + A* (c V), two fused attention calls, the first with the source's
+        queries and keys. Returns (P or None for the identity, c or None where c is 0 for every
+        token), each (T, L, L) / (T, L) on ``device`` in ``dtype``.
         """
         key = (step, device, dtype)
         if key not in self._values:
             M, keep, w, alpha = self._tensors(device)
-            a = alpha[:, step]  # (T, L)
-            P = None if self.copies_source(step) else M * (a * w)[:, None, :]  # (T, L, L)
-            c = a * keep * w + 1 - a  # (T, L)
-            c = None if bool((c == 0).all()) else c.to(dtype)
-            self._values[key] = (None if P is None else P.to(dtype), c)
+            P, c = eq.value_maps(M, keep, w, alpha[:, step])  # (T, L, L), (T, L)
+            P = None if self.copies_source(step) else P.to(dtype)
+            self._values[key] = (P, None if bool((c == 0).all()) else c.to(dtype))
         return self._values[key]
 
 
