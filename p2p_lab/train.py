@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from . import shapes
-from .unet_attention import Control, attend_all, hooked
 from .model import (ModelConfig, assemble_pipeline, build_scheduler, build_text_encoder,
                     build_unet, build_vae, save_pipeline)
+from .unet_attention import Control, attend_all, hooked
 
 
 @dataclasses.dataclass
@@ -263,101 +263,136 @@ def load_modules(path: Path, **modules) -> None:
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
+    """The UNet stage's learning rate: lr (step + 1) / warmup during the warm-up, then
+    lr (1 + cos(pi f)) / 2 with f = (step - warmup) / (steps - warmup), a cosine to zero."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
 
 
-def _progress(total: int, initial: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+def warmup_decay(step: int, total: int, decay_steps: float) -> float:
+    """The autoencoder stages' learning-rate factor: min(1, (step + 1) / 100, (total - step) / decay_steps),
+    a 100-step warm-up, constant, then linear decay to 0 over the last ``decay_steps`` steps."""
+    return min(1.0, (step + 1) / 100, (total - step) / decay_steps)
 
-    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, mininterval=10)
+
+def set_lr(opt, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+# ------------------------------------------------------------------ one stage: resume -> loop -> checkpoint
+
+@dataclasses.dataclass
+class Stage:
+    """One resumable stage, kept in ``folder``: its modules (``<name>.safetensors``), the
+    optimizer's moments (``optimizer.safetensors``) and the steps done (``state.json``)."""
+
+    folder: Path
+    total: int  # steps of the whole stage
+    modules: dict[str, torch.nn.Module]
+    opt: torch.optim.Optimizer
+    step: int = 0  # steps done
+
+    @classmethod
+    def resume(cls, folder: Path, total: int, modules: dict, opt) -> "Stage":
+        """The stage as its last checkpoint left it (modules and moments loaded), or fresh."""
+        state = folder / "state.json"
+        stage = cls(folder, total, modules, opt, json.loads(state.read_text())["step"] if state.exists() else 0)
+        if stage.step:
+            load_modules(folder, **modules)
+            load_optimizer(opt, folder / "optimizer.safetensors")
+        return stage
+
+    def save(self) -> None:
+        save_modules(self.folder, **self.modules)
+        save_optimizer(self.opt, self.folder / "optimizer.safetensors")
+        (self.folder / "state.json").write_text(json.dumps({"step": self.step}))
+
+    def run(self, step_fn, desc: str, cfg: TrainConfig, after=None) -> None:
+        """``step_fn(step)`` (one update; returns figures {name: scalar tensor}) until ``total`` steps
+        are done; a checkpoint every ``cfg.checkpoint_every`` steps and at the end, then
+        ``after(steps_done, figures)``."""
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self.total, initial=self.step, desc=desc, disable=not cfg.progress, mininterval=10)
+        while self.step < self.total:
+            figures = step_fn(self.step)
+            self.step += 1
+            bar.update(1)
+            if self.step % 50 == 0:  # .item() waits for the GPU: not every step
+                bar.set_postfix({k: f"{v.item():.4f}" for k, v in figures.items()})
+            if self.step % cfg.checkpoint_every == 0 or self.step == self.total:
+                self.save()
+            if after is not None:
+                after(self.step, figures)
+        bar.close()
+
+
+def optimizer_step(accelerator, opt, loss, clip=None) -> None:
+    opt.zero_grad()
+    accelerator.backward(loss)
+    if clip is not None:
+        accelerator.clip_grad_norm_(clip, 1.0)
+    opt.step()
 
 
 # ------------------------------------------------------------------ stages
 
 def train_vae(cfg: TrainConfig, mcfg: ModelConfig, data, accelerator):
-    out = Path(cfg.out) / "vae"
+    """The autoencoder: ||D(z) - x||^2 + kl_weight KL(q(z|x) || N(0, I)), z ~ q(z|x) (sampled)."""
     vae = build_vae(mcfg)
-    state_file = out / "state.json"
-    step = json.loads(state_file.read_text())["step"] if state_file.exists() else 0
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
-    if step:
-        load_modules(out, vae=vae)
-        load_optimizer(opt, out / "optimizer.safetensors")
-    vae, opt = accelerator.prepare(vae, opt)
-    images = images_to_tensor(data["images"])
-    bar = _progress(cfg.vae_steps, step, "autoencoder", cfg.progress)
-    while step < cfg.vae_steps:
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    stage = Stage.resume(Path(cfg.out) / "vae", cfg.vae_steps, {"vae": vae}, opt)
+    _, opt = accelerator.prepare(vae, opt)
+    images = images_to_tensor(data["images"])  # (n, 3, 32, 32)
+
+    def step(i: int):
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
         x = images[torch.randint(len(images), (cfg.vae_batch,), generator=g)].to(accelerator.device)
-        for group in opt.param_groups:
-            group["lr"] = cfg.vae_lr * min(1.0, (step + 1) / 100, (cfg.vae_steps - step) / 1000)
-        post = accelerator.unwrap_model(vae).encode(x).latent_dist
-        recon = accelerator.unwrap_model(vae).decode(post.sample(generator=None)).sample
+        set_lr(opt, cfg.vae_lr * warmup_decay(i, cfg.vae_steps, 1000))
+        post = vae.encode(x).latent_dist
+        recon = vae.decode(post.sample(generator=None)).sample  # (b, 3, 32, 32)
         loss = F.mse_loss(recon, x) + cfg.kl_weight * post.kl().mean()
-        opt.zero_grad()
-        accelerator.backward(loss)
-        opt.step()
-        step += 1
-        bar.update(1)
-        if step % 50 == 0:  # .item() waits for the GPU: not every step
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        if step % cfg.checkpoint_every == 0 or step == cfg.vae_steps:
-            save_modules(out, vae=accelerator.unwrap_model(vae))
-            save_optimizer(opt, out / "optimizer.safetensors")
-            state_file.write_text(json.dumps({"step": step}))
-    bar.close()
-    vae = accelerator.unwrap_model(vae).eval().requires_grad_(False)
-    return vae
+        optimizer_step(accelerator, opt, loss)
+        return {"loss": loss}
+
+    stage.run(step, "autoencoder", cfg)
+    return vae.eval().requires_grad_(False)
 
 
 def finetune_decoder(cfg: TrainConfig, vae, data, accelerator):
-    """Train the decoder alone on latents drawn from the frozen encoder (MSE), after the UNet.
+    """Train the decoder alone on latents drawn from the frozen encoder: ||D(z) - x||^2, z ~ q(z|x).
 
     The encoder, and so every latent the UNet was trained on, stays as it is: the UNet needs no
     retraining, and the pictures get sharper edges (what the scorer reads a shape from). Stable
     Diffusion's released autoencoders were improved the same way (a decoder fine-tuned later).
     """
-    out = Path(cfg.out) / "decoder"
-    state_file = out / "state.json"
-    step = json.loads(state_file.read_text())["step"] if state_file.exists() else 0
     trained = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     vae.requires_grad_(False)
     for p in trained:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(trained, lr=cfg.decoder_lr, weight_decay=0.0)
-    if step:
-        load_modules(out, vae=vae)
-        load_optimizer(opt, out / "optimizer.safetensors")
-    vae, opt = accelerator.prepare(vae, opt)
-    model = accelerator.unwrap_model(vae)
-    images = images_to_tensor(data["images"])
-    bar = _progress(cfg.decoder_steps, step, "decoder", cfg.progress)
+    stage = Stage.resume(Path(cfg.out) / "decoder", cfg.decoder_steps, {"vae": vae}, opt)
+    _, opt = accelerator.prepare(vae, opt)
+    dev = accelerator.device
+    images = images_to_tensor(data["images"])  # (n, 3, 32, 32)
     decay = max(1.0, 0.3 * cfg.decoder_steps)
-    while step < cfg.decoder_steps:
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_033 + 7 + step)
+
+    def step(i: int):
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_033 + 7 + i)
         x = images[torch.randint(len(images), (cfg.decoder_batch,), generator=g)]
         with torch.no_grad():
-            post = model.encode(x.to(accelerator.device)).latent_dist
-            z = post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(accelerator.device)
-        for group in opt.param_groups:
-            group["lr"] = cfg.decoder_lr * min(1.0, (step + 1) / 100, (cfg.decoder_steps - step) / decay)
-        loss = F.mse_loss(model.decode(z).sample, x.to(accelerator.device))
-        opt.zero_grad()
-        accelerator.backward(loss)
-        opt.step()
-        step += 1
-        bar.update(1)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        if step % cfg.checkpoint_every == 0 or step == cfg.decoder_steps:
-            save_modules(out, vae=model)
-            save_optimizer(opt, out / "optimizer.safetensors")
-            state_file.write_text(json.dumps({"step": step}))
-    bar.close()
-    return model.eval().requires_grad_(False).cpu()
+            post = vae.encode(x.to(dev)).latent_dist
+            z = post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(dev)  # (b, 4, 8, 8)
+        set_lr(opt, cfg.decoder_lr * warmup_decay(i, cfg.decoder_steps, decay))
+        loss = F.mse_loss(vae.decode(z).sample, x.to(dev))
+        optimizer_step(accelerator, opt, loss)
+        return {"loss": loss}
+
+    stage.run(step, "decoder", cfg)
+    return vae.eval().requires_grad_(False).cpu()
 
 
 @torch.no_grad()
@@ -378,94 +413,90 @@ def encode_dataset(cfg: TrainConfig, vae, data, device) -> dict[str, torch.Tenso
     return lat
 
 
+def encode_captions(tokenizer, text_encoder, texts, rng, cfg: TrainConfig, device) -> torch.Tensor:
+    """c = E(caption), with the tokens after the object words encoded from a decoy caption for a
+    ``context_swap`` share of the captions (see :func:`decoy_caption`). Shape (b, L, D)."""
+    length = tokenizer.model_max_length
+    ids = tokenizer(list(texts), padding="max_length", max_length=length, truncation=True,
+                    return_tensors="pt").input_ids.to(device)  # (b, L)
+    cond = text_encoder(ids)[0]  # (b, L, D)
+    if cfg.context_swap <= 0:
+        return cond
+    swap = [bool(x) and rng.random() < cfg.context_swap for x in texts]
+    decoys = [decoy_caption(x, rng, tokenizer) if sw else x for x, sw in zip(texts, swap)]
+    pos = torch.arange(length)
+    tail = torch.stack([(pos >= context_start(tokenizer, x, length)) & sw for x, sw in zip(texts, swap)])  # (b, L)
+    dec_ids = tokenizer(decoys, padding="max_length", max_length=length, truncation=True,
+                        return_tensors="pt").input_ids.to(device)
+    return torch.where(tail.to(device)[..., None], text_encoder(dec_ids)[0], cond)
+
+
 def train_ldm(cfg: TrainConfig, mcfg: ModelConfig, tokenizer, lat, data, vae, accelerator):
-    out = Path(cfg.out) / "ldm"
+    """Algorithm 1 on latents, UNet and text encoder jointly, with the attention loss:
+    ||eps - eps_theta(sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps, t, c)||^2 + attn_loss_weight L_attn.
+    The EMA of the weights (decay min(ema, (1 + n) / (10 + n)) after n steps) is what ships."""
     unet, text_encoder = build_unet(mcfg), build_text_encoder(mcfg, tokenizer)
     ema_unet, ema_text = build_unet(mcfg), build_text_encoder(mcfg, tokenizer)
     ema_unet.load_state_dict(unet.state_dict())
     ema_text.load_state_dict(text_encoder.state_dict())
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state_file = out / "state.json"
-    step = json.loads(state_file.read_text())["step"] if state_file.exists() else 0
-    if step:
-        load_modules(out, unet=unet, text_encoder=text_encoder, ema_unet=ema_unet, ema_text=ema_text)
-        load_optimizer(opt, out / "optimizer.safetensors")
-    unet, text_encoder, opt = accelerator.prepare(unet, text_encoder, opt)
+    modules = {"unet": unet, "text_encoder": text_encoder, "ema_unet": ema_unet, "ema_text": ema_text}
+    stage = Stage.resume(Path(cfg.out) / "ldm", cfg.steps, modules, opt)
+    unet_run, text_run, opt = accelerator.prepare(unet, text_encoder, opt)
     dev = accelerator.device
     ema_unet.to(dev)
     ema_text.to(dev)
-    store = install_capture(accelerator.unwrap_model(unet))
-    scheduler = build_scheduler()
-    abar = scheduler.alphas_cumprod.to(dev)
+    ema_params = list(ema_unet.parameters()) + list(ema_text.parameters())
+    abar = build_scheduler().alphas_cumprod.to(dev)  # (1000,)
     length = tokenizer.model_max_length
     masks = torch.from_numpy(data["masks"])[:, None]  # (n, 1, 32, 32)
-    latent_res = mcfg.image_size // 2 ** (len(mcfg.vae_channels) - 1)
-    masks_by_res = {r: (F.adaptive_avg_pool2d(masks, r) >= 0.5).float().flatten(1)
-                    for r in (latent_res, latent_res // 2, latent_res // 4) if r >= 1}
-    ema_params = list(ema_unet.parameters()) + list(ema_text.parameters())
-    bar = _progress(cfg.steps, step, "unet+text", cfg.progress)
-    log = open(out.parent / "log.jsonl", "a")
-    t0 = time.time()
-    while step < cfg.steps:
-        rng = np.random.default_rng([cfg.seed, step])
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    capture = AttentionCapture((unet.config.sample_size,) * 2)  # the UNet's latent (rows, cols)
+
+    def step(i: int):
+        rng = np.random.default_rng([cfg.seed, i])
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
         idx = torch.from_numpy(rng.integers(len(lat["mean"]), size=cfg.batch))
         z0 = (lat["mean"][idx] + lat["std"][idx] * torch.randn(lat["mean"][idx].shape, generator=g))
         z0 = z0 * vae.config.scaling_factor  # (b, 4, 8, 8), unit variance
-        texts, groups, bgs = zip(*(caption_targets(tokenizer, scene_from_attrs(data["attrs"][i]), rng, cfg, length)
-                                   for i in idx.tolist()))
-        ids = tokenizer(list(texts), padding="max_length", max_length=length, truncation=True,
-                        return_tensors="pt").input_ids
+        texts, groups, bgs = zip(*(caption_targets(tokenizer, scene_from_attrs(data["attrs"][j]), rng, cfg, length)
+                                   for j in idx.tolist()))
         t = torch.randint(0, len(abar), (cfg.batch,), generator=g)
         eps = torch.randn(z0.shape, generator=g)
-        z0, eps, t, ids = z0.to(dev), eps.to(dev), t.to(dev), ids.to(dev)
+        z0, eps, t = z0.to(dev), eps.to(dev), t.to(dev)
         a = abar[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * eps  # (b, 4, 8, 8)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        store.clear()
-        cond = text_encoder(ids)[0]  # (b, 16, 64)
-        if cfg.context_swap > 0:
-            swap = [bool(x) and rng.random() < cfg.context_swap for x in texts]
-            decoys = [decoy_caption(x, rng, tokenizer) if sw else x for x, sw in zip(texts, swap)]
-            pos = torch.arange(length)
-            tail = torch.stack([(pos >= context_start(tokenizer, x, length)) & sw for x, sw in zip(texts, swap)])
-            dec_ids = tokenizer(decoys, padding="max_length", max_length=length, truncation=True,
-                                return_tensors="pt").input_ids.to(dev)
-            cond = torch.where(tail.to(dev)[..., None], text_encoder(dec_ids)[0], cond)
-        pred = unet(zt, t, cond).sample
-        mse = F.mse_loss(pred, eps)
+        set_lr(opt, lr_at(i, cfg))
+        capture.maps.clear()
+        cond = encode_captions(tokenizer, text_run, texts, rng, cfg, dev)  # (b, 16, 64)
+        mse = F.mse_loss(unet_run(zt, t, cond).sample, eps)
         aux = torch.zeros((), device=dev)
         if cfg.attn_loss_weight > 0:
-            aux = attention_loss(store, {r: m[idx].to(dev) for r, m in masks_by_res.items()},
-                                 torch.stack(groups).to(dev), torch.stack(bgs).to(dev))
-        loss = mse + cfg.attn_loss_weight * aux
-        opt.zero_grad()
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(params, 1.0)
-        opt.step()
-        step += 1
-        decay = min(cfg.ema, (1 + step) / (10 + step))
+            aux = attention_loss(capture.maps, masks[idx].to(dev), torch.stack(groups).to(dev),
+                                 torch.stack(bgs).to(dev))
+        optimizer_step(accelerator, opt, mse + cfg.attn_loss_weight * aux, clip=params)
+        n = i + 1  # steps done
+        decay = min(cfg.ema, (1 + n) / (10 + n))
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
-        bar.update(1)
-        if step % 50 == 0:  # .item() waits for the GPU: not every step
-            bar.set_postfix(mse=f"{mse.item():.4f}", attn=f"{aux.item():.3f}")
-        if step % 100 == 0:
-            log.write(json.dumps({"step": step, "mse": mse.item(), "attn": aux.item(),
-                                  "lr": lr_at(step, cfg), "sec": time.time() - t0}) + "\n")
+        return {"mse": mse, "attn": aux}
+
+    log = open(Path(cfg.out) / "log.jsonl", "a")
+    t0 = time.time()
+
+    def after(done: int, figures) -> None:
+        if done % 100 == 0:
+            log.write(json.dumps({"step": done, "mse": figures["mse"].item(), "attn": figures["attn"].item(),
+                                  "lr": lr_at(done, cfg), "sec": time.time() - t0}) + "\n")
             log.flush()
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            save_modules(out, unet=accelerator.unwrap_model(unet),
-                         text_encoder=accelerator.unwrap_model(text_encoder),
-                         ema_unet=ema_unet, ema_text=ema_text)
-            save_optimizer(opt, out / "optimizer.safetensors")
-            state_file.write_text(json.dumps({"step": step}))
-        if step % cfg.export_every == 0 and step < cfg.steps:
+        if done % cfg.export_every == 0 and done < cfg.steps:
             export(Path(cfg.out) / "pipeline", vae, ema_unet, ema_text, tokenizer)
-    bar.close()
-    log.close()
+
+    try:
+        with hooked(unet, capture):
+            stage.run(step, "unet+text", cfg, after)
+    finally:
+        log.close()
     return ema_unet, ema_text
 
 

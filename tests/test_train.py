@@ -75,13 +75,35 @@ def test_attention_loss_is_minimal_for_the_target_segmentation():
     groups = torch.zeros(1, 3, 4)
     groups[0, 0, 1] = 1.0
     bg = torch.tensor([[0.0, 0.0, 0.0, 1.0]])
-    inside = {2: torch.tensor([[1.0, 0.0, 0.0, 0.0]])}  # 2x2 "image": pixel 0 inside
+    inside = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])  # 2x2 "image": pixel 0 inside
     perfect = torch.zeros(1, 4, 4)
     perfect[0, 0, 1] = 1.0
     perfect[0, 1:, 3] = 1.0
     uniform = torch.full((1, 4, 4), 0.25)
-    assert attention_loss([perfect], inside, groups, bg) < 1e-3
-    assert attention_loss([uniform], inside, groups, bg) == pytest.approx(-torch.log(torch.tensor(0.25 + 1e-4)).item(), rel=1e-4)
+    assert attention_loss([((2, 2), perfect)], inside, groups, bg) < 1e-3
+    assert attention_loss([((2, 2), uniform)], inside, groups, bg) == pytest.approx(-torch.log(torch.tensor(0.25 + 1e-4)).item(), rel=1e-4)
+
+
+def test_attention_capture_keeps_cross_attention_maps_with_gradients_and_restores_the_processors():
+    from p2p_lab.model import ModelConfig, build_unet
+    from p2p_lab.train import AttentionCapture
+    from p2p_lab.unet_attention import hooked
+
+    unet = build_unet(ModelConfig())
+    before = {name: type(p) for name, p in unet.attn_processors.items()}
+    capture = AttentionCapture((8, 8))
+    z, ctx = torch.randn(2, 4, 8, 8), torch.randn(2, 16, 64)  # latents, prompt embeddings (b, L, D)
+    with pytest.raises(RuntimeError), hooked(unet, capture):
+        unet(z, 10, ctx)
+        raise RuntimeError("training fails")
+    assert {name: type(p) for name, p in unet.attn_processors.items()} == before
+    grids = [grid for grid, _ in capture.maps]
+    assert set(grids) == {(8, 8), (4, 4), (2, 2)}  # down, mid and up cross-attention layers
+    for (rows, cols), p in capture.maps:
+        assert p.shape == (2, rows * cols, 16) and p.requires_grad
+        assert torch.allclose(p.sum(-1), torch.ones(2, rows * cols))
+    sum(p.square().sum() for _, p in capture.maps).backward()
+    assert unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_k.weight.grad is not None
 
 
 def test_config_defaults_document_themselves():

@@ -19,42 +19,85 @@ class Word:
     tokens: tuple[int, ...]  # positions in the padded token sequence
 
 
-_COUNTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # tokenizer -> {text: count}
+@dataclasses.dataclass(frozen=True)
+class Tokens:
+    """A prompt tokenized and split into words, once: what every mapper, schedule and blend reads.
+
+    ``ids``: the content tokens (no start or end token); ``words``: each word with the positions of
+    its tokens in the padded sequence (1 = the first word, after the start token); ``length``: the
+    tokenizer's padded length L (16 for the shipped model, 77 for Stable Diffusion).
+    """
+
+    text: str
+    ids: tuple[int, ...]
+    words: tuple[Word, ...]
+    length: int
+
+    def indices(self, word: str | int) -> list[int]:
+        """Positions of ``word``'s tokens (every occurrence); a phrase ("big tabby") or a word index."""
+        if isinstance(word, int):
+            if not 0 <= word < len(self.words):
+                raise ValueError(f"word index {word} is outside {self.text!r}, which has "
+                                 f"{len(self.words)} words")
+            return list(self.words[word].tokens)
+        want = [_norm(w) for w in str(word).split()]
+        have = [_norm(w.text) for w in self.words]
+        out = []
+        for i in range(len(self.words) - len(want) + 1):
+            if have[i: i + len(want)] == want:
+                out += [t for w in self.words[i: i + len(want)] for t in w.tokens]
+        if not want or not out:
+            raise ValueError(f"word {word!r} is not in the prompt {self.text!r}; its words are {have}")
+        return out
+
+
+_TOKENS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # tokenizer -> {text: Tokens}
+
+
+def _tokenize(tokenizer, prompt: str) -> Tokens:
+    ids = tuple(tokenizer(prompt, add_special_tokens=False).input_ids)
+    limit = tokenizer.model_max_length
+    if len(ids) + 2 > limit:
+        raise ValueError(f"prompt {prompt!r} needs {len(ids) + 2} tokens but this tokenizer holds "
+                         f"{limit} (start and end tokens included); shorten the prompt")
+    words, pos = [], 1
+    for w in prompt.split():
+        n = len(tokenizer(w, add_special_tokens=False).input_ids)
+        words.append(Word(w, tuple(range(pos, pos + n))))
+        pos += n
+    if pos - 1 != len(ids):
+        raise ValueError(f"cannot split {prompt!r} into words token by token; separate words "
+                         f"and punctuation by spaces")
+    return Tokens(prompt, ids, tuple(words), limit)
+
+
+def tokens_of(tokenizer, prompt: str) -> Tokens:
+    """The prompt's :class:`Tokens`: the one place a prompt is tokenized for its words and
+    alignment (remembered per tokenizer, so a prompt is tokenized once)."""
+    try:
+        memo = _TOKENS.setdefault(tokenizer, {})
+    except TypeError:  # a tokenizer that cannot be weakly referenced: no memory
+        memo = {}
+    if prompt not in memo:
+        if len(memo) > 10_000:
+            memo.clear()
+        memo[prompt] = _tokenize(tokenizer, prompt)
+    return memo[prompt]
 
 
 def n_content_tokens(tokenizer, text: str) -> int:
-    """How many tokens ``text`` becomes (no start/end tokens); remembered per tokenizer."""
-    try:
-        counts = _COUNTS.setdefault(tokenizer, {})
-    except TypeError:  # a tokenizer that cannot be weakly referenced: no memory
-        counts = {}
-    if text not in counts:
-        if len(counts) > 10_000:
-            counts.clear()
-        counts[text] = len(tokenizer(text, add_special_tokens=False).input_ids)
-    return counts[text]
+    """How many tokens ``text`` becomes (no start/end tokens)."""
+    return len(tokens_of(tokenizer, text).ids)
 
 
 def check_length(tokenizer, prompt: str) -> None:
     """Raise if ``prompt`` does not fit the tokenizer's padded length (start + end included)."""
-    n, limit = n_content_tokens(tokenizer, prompt) + 2, tokenizer.model_max_length
-    if n > limit:
-        raise ValueError(f"prompt {prompt!r} needs {n} tokens but this tokenizer holds {limit} "
-                         f"(start and end tokens included); shorten the prompt")
+    tokens_of(tokenizer, prompt)
 
 
 def words_of(tokenizer, prompt: str) -> list[Word]:
     """The prompt's words (split on spaces) with the positions of their tokens (1 = first word)."""
-    check_length(tokenizer, prompt)
-    words, pos = [], 1
-    for w in prompt.split():
-        n = n_content_tokens(tokenizer, w)
-        words.append(Word(w, tuple(range(pos, pos + n))))
-        pos += n
-    if pos - 1 != n_content_tokens(tokenizer, prompt):
-        raise ValueError(f"cannot split {prompt!r} into words token by token; separate words "
-                         f"and punctuation by spaces")
-    return words
+    return list(tokens_of(tokenizer, prompt).words)
 
 
 def _norm(text: str) -> str:
@@ -66,20 +109,7 @@ def token_indices(tokenizer, prompt: str, word: str | int) -> list[int]:
 
     ``word`` may be a phrase of several words ("big tabby") or a word index (int).
     """
-    words = words_of(tokenizer, prompt)
-    if isinstance(word, int):
-        if not 0 <= word < len(words):
-            raise ValueError(f"word index {word} is outside {prompt!r}, which has {len(words)} words")
-        return list(words[word].tokens)
-    want = [_norm(w) for w in str(word).split()]
-    have = [_norm(w.text) for w in words]
-    out = []
-    for i in range(len(words) - len(want) + 1):
-        if have[i: i + len(want)] == want:
-            out += [t for w in words[i: i + len(want)] for t in w.tokens]
-    if not want or not out:
-        raise ValueError(f"word {word!r} is not in the prompt {prompt!r}; its words are {have}")
-    return out
+    return tokens_of(tokenizer, prompt).indices(word)
 
 
 def _tail(n_src: int, n_tgt: int, length: int, put) -> None:
@@ -168,9 +198,7 @@ def refine_mapper(tokenizer, source: str, target: str) -> tuple[torch.Tensor, to
     Target token j takes the source's map of token ``index[j]`` where ``alphas[j] = 1`` (the same
     token in both prompts) and keeps its own map where ``alphas[j] = 0`` (an inserted token).
     """
-    ids_s = tokenizer(source, add_special_tokens=False).input_ids
-    ids_t = tokenizer(target, add_special_tokens=False).input_ids
-    check_length(tokenizer, source), check_length(tokenizer, target)
+    ids_s, ids_t = tokens_of(tokenizer, source).ids, tokens_of(tokenizer, target).ids
     L = tokenizer.model_max_length
     index, alphas = torch.zeros(L, dtype=torch.long), torch.zeros(L)
 

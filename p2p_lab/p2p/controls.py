@@ -39,6 +39,10 @@ class EditPlan:
     self_max_res: int  # self-attention is replaced only in layers up to this resolution
     modes: list[str]
 
+    # The per-token terms of the edit, in the order equations.edited_maps / value_maps take them
+    # (a new per-token edit adds its tensor here, to build_plan and to the equations).
+    PER_TOKEN = ("M", "keep", "weights", "alpha")
+
     def __post_init__(self):
         self._cross = self.alpha.any(-1).any(0).tolist()  # per step: any source map used
         self._self = self.self_steps.tolist()
@@ -64,7 +68,7 @@ class EditPlan:
 
     def _tensors(self, device):
         if device not in self._on:
-            self._on[device] = tuple(t.to(device) for t in (self.M, self.keep, self.weights, self.alpha))
+            self._on[device] = tuple(getattr(self, name).to(device) for name in self.PER_TOKEN)
         return self._on[device]
 
     def edit_cross(self, src: torch.Tensor, tgt: torch.Tensor, step: int) -> torch.Tensor:

@@ -191,8 +191,8 @@ class _Signature:
 
     @classmethod
     def of(cls, plan, targets, window, n):
-        fixed = (tuple(targets), tuple(plan.modes), _bytes(plan.M), _bytes(plan.keep),
-                 _bytes(plan.weights), plan.self_max_res)
+        fixed = (tuple(targets), tuple(plan.modes), plan.self_max_res,
+                 *(_bytes(getattr(plan, name)) for name in plan.PER_TOKEN if name != "alpha"))
         steps = tuple((_bytes(plan.alpha[:, i]), bool(plan.self_steps[i]), bool(window[i])) for i in range(n))
         return cls(fixed, steps)
 
