@@ -82,3 +82,35 @@ def describe(image) -> str:
     r = _reading(image)
     obj = main_object(r)
     return f"{obj.color} {obj.shape}\non {r.background}" if obj is not None else f"no object\non {r.background}"
+
+
+def centre_square(shape: tuple[int, int]) -> np.ndarray:
+    """An (H, W) mask of the picture's central half: the stand-in mask where nothing can be read."""
+    h, w = shape
+    m = np.zeros((h, w), bool)
+    m[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = True
+    return m
+
+
+class EditScores:
+    """The metrics above for one pipeline: numbers on the shipped model, nan (or nothing) on Stable
+    Diffusion, whose photographs have no ground truth to read. Notebooks 05 and 06 score with it."""
+
+    def __init__(self, pipe):
+        from .model import model_kind
+
+        self.readable = model_kind(pipe) == "shapes"
+
+    def shift(self, a, b) -> float:
+        return centroid_shift(a, b) if self.readable else float("nan")
+
+    def correct(self, image, prompt: str) -> float:
+        return float(edit_correct(image, prompt)) if self.readable else float("nan")
+
+    def describe(self, image) -> str:
+        return describe(image) if self.readable else ""
+
+    def object_mask(self, image, grow: int = 3) -> np.ndarray:
+        """The main object's pixels, grown by ``grow``; the central half where none can be read."""
+        found = object_mask(image, grow) if self.readable else None
+        return centre_square(np.asarray(image).shape[:2]) if found is None else found

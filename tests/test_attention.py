@@ -172,5 +172,5 @@ def test_plots_label_both_axes():
     assert len(plot_attention_heads(torch.softmax(_randn(2, 3, 3), -1)).axes) == 2
     tokens = ["<|startoftext|>", "a</w>", "red</w>", "<|endoftext|>", "<|endoftext|>"]
     fig = plot_token_maps(torch.rand(5, 4, 4), tokens, image=torch.rand(16, 16, 3).numpy())
-    assert [a.get_title().split("\n")[0] for a in fig.axes] == ["image", "<start>", "a", "red", "<end>"]
+    assert [a.get_title().split("\n")[0] for a in fig.axes] == ["image", "<sot>", "a", "red", "<eot>"]
     assert clean_token("turquois") == "turquois"

@@ -45,7 +45,8 @@ def test_plot_alpha_rows_are_steps_and_columns_tokens():
 def test_plot_token_maps_draws_each_chosen_token_over_the_image():
     maps = torch.zeros(8, 8, 16)
     maps[2, 3, 4] = 2.0
-    fig = viz.plot_token_maps(np.zeros((32, 32, 3)), maps, ["<sot>", "a", "b", "c", "circle"], [4])
+    fig = viz.plot_token_maps(maps.permute(2, 0, 1), ["<sot>", "a", "b", "c", "circle"], np.zeros((32, 32, 3)),
+                              [4], overlay=True)
     shown = _image_data(fig, 1)
     assert shown.shape == (8, 8) and shown[2, 3] == 1.0 and shown.sum() == 1.0  # scaled to its max
     assert fig.axes[1].get_title() == "4: circle"

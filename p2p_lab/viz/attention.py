@@ -15,9 +15,12 @@ def _np(x) -> np.ndarray:
     return np.asarray(x, dtype=float)
 
 
+SHORT_TOKENS = {"<|startoftext|>": "<sot>", "<|endoftext|>": "<eot>"}
+
+
 def clean_token(token: str) -> str:
-    """A tokenizer piece as a short label: ``'red</w>'`` -> ``'red'``, ``'<|endoftext|>'`` -> ``'<end>'``."""
-    return {"<|startoftext|>": "<start>", "<|endoftext|>": "<end>"}.get(token, token.replace("</w>", ""))
+    """A tokenizer piece as a short label: ``'red</w>'`` -> ``'red'``, ``'<|endoftext|>'`` -> ``'<eot>'``."""
+    return SHORT_TOKENS.get(token, token.replace("</w>", ""))
 
 
 def _heatmap(ax, weights, query_labels, key_labels, title, annotate):
@@ -75,33 +78,45 @@ def plot_attention_heads(weights, query_labels=None, key_labels=None, title: str
     return fig
 
 
-def plot_token_maps(maps, tokens, image=None, skip_padding: bool = True, title: str | None = None):
+def plot_token_maps(maps, tokens, image=None, indices=None, skip_padding: bool = True,
+                    overlay: bool = False, title: str | None = None, size: float = 1.6):
     """Each token's attention over the image: ``maps`` (n_tokens, height, width), one panel per token.
 
-    ``image`` (H x W x 3, values in [0, 1]) is drawn first when given. Padding tokens after the first
-    end token are left out when ``skip_padding``. Each map is shown with its own colour scale and
-    its total attention share (mean over pixels) in the title.
+    The one token-map figure of the course (notebooks 02 and 05, the attention explorer).
+    ``tokens``: a label per map (tokenizer pieces or :func:`p2p_lab.viz.p2p.token_labels`);
+    ``indices``: which tokens to show (default: every token up to the first end token, or all when
+    ``skip_padding`` is False). ``image`` (H x W x 3 in [0, 1]) is drawn first when given.
+    ``overlay=False``: each map with its own colour scale and its share of the attention (mean over
+    pixels) in its title; ``overlay=True``: each map scaled to its own maximum over the image.
     """
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    m = _np(maps)
-    if m.ndim != 3 or m.shape[0] != len(tokens):
-        raise ValueError(f"maps must be (n_tokens, height, width) with one map per token: got "
-                         f"{m.shape} for {len(tokens)} tokens")
-    keep = list(range(len(tokens)))
-    if skip_padding and "<|endoftext|>" in tokens:
-        keep = keep[: tokens.index("<|endoftext|>") + 1]
-    panels = (image is not None) + len(keep)
-    fig, axes = plt.subplots(1, panels, figsize=(1.6 * panels, 2.0), squeeze=False)
-    axes = list(axes[0])
-    if image is not None:
-        ax = axes.pop(0)
-        ax.imshow(np.clip(_np(image), 0, 1), interpolation="nearest")
-        ax.set_title("image", fontsize=9)
-        ax.axis("off")
-    for ax, j in zip(axes, keep):
-        ax.imshow(m[j], cmap="inferno", interpolation="nearest")
-        ax.set_title(f"{clean_token(tokens[j])}\n{m[j].mean():.2f}", fontsize=9)
+    m = _np(maps)  # (n_tokens, h, w)
+    if m.ndim != 3 or m.shape[0] < len(tokens):
+        raise ValueError(f"maps must be (n_tokens, height, width) with a map for each of the "
+                         f"{len(tokens)} tokens: got {m.shape}")
+    labels = [clean_token(t) for t in tokens]
+    if indices is None:
+        ends = [j for j, t in enumerate(tokens) if t in ("<|endoftext|>", "<end>", "<eot>")]
+        indices = list(range(ends[0] + 1 if skip_padding and ends else len(tokens)))
+    img = None if image is None else np.clip(_np(image), 0, 1)
+    panels = (img is not None) + len(indices)
+    fig = Figure(figsize=(size * panels, size + 0.5))
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    if img is not None:
+        axes[0].imshow(img, interpolation="nearest")
+        axes[0].set_title("image", fontsize=9)
+    h, w = (img.shape[:2] if img is not None else m.shape[1:])
+    for ax, j in zip(axes[panels - len(indices):], indices):
+        if overlay and img is not None:
+            ax.imshow(img.mean(-1), cmap="gray", vmin=0, vmax=1, extent=(0, w, h, 0))
+            ax.imshow(m[j] / max(m[j].max(), 1e-12), cmap="inferno", alpha=0.75, vmin=0, vmax=1,
+                      extent=(0, w, h, 0), interpolation="bilinear")
+            ax.set_title(f"{j}: {labels[j]}", fontsize=9)
+        else:
+            ax.imshow(m[j], cmap="inferno", interpolation="nearest")
+            ax.set_title(f"{labels[j]}\n{m[j].mean():.2f}", fontsize=9)
+    for ax in axes:
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=10)

@@ -14,11 +14,11 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["token_labels", "plot_images", "plot_edit_row", "plot_token_maps", "plot_mapper",
+__all__ = ["token_labels", "plot_images", "plot_edit_row", "plot_token_maps", "plot_mapper", "plot_prompt_mapper",
            "plot_alpha", "plot_tau_sweep", "plot_edit_view", "plot_curve", "figure_to_png",
            "figure_to_html"]
 
-_SHORT = {"<|startoftext|>": "<sot>", "<|endoftext|>": "<eot>"}
+from .attention import clean_token, plot_token_maps  # noqa: F401  (the one token-map figure)
 
 
 def token_labels(tokenizer, prompt: str, n: int | None = None) -> list[str]:
@@ -29,7 +29,7 @@ def token_labels(tokenizer, prompt: str, n: int | None = None) -> list[str]:
     """
     ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length,
                     truncation=True).input_ids
-    toks = [_SHORT.get(t, t.replace("</w>", "")) for t in tokenizer.convert_ids_to_tokens(ids)]
+    toks = [clean_token(t) for t in tokenizer.convert_ids_to_tokens(ids)]
     first_end = toks.index("<eot>") if "<eot>" in toks else len(toks) - 1
     toks = toks[: first_end + 1] + ["<pad>"] * (len(toks) - first_end - 1)
     return toks[: (first_end + 1 if n is None else n)]
@@ -87,34 +87,6 @@ def plot_edit_row(source, fixed, edited, source_prompt: str = "", target_prompt:
     return plot_images([source, fixed, edited], titles, suptitle, size=2.4)
 
 
-def plot_token_maps(image, maps, labels: Sequence[str], indices: Sequence[int] | None = None,
-                    title: str | None = None, size: float = 1.5) -> Figure:
-    """The image, then one cross-attention map per token drawn over it.
-
-    ``maps``: (res, res, n_tokens) averaged maps (e.g. ``store.maps()``); ``labels``: token
-    labels by position (see :func:`token_labels`); ``indices``: which positions to show
-    (default: every labelled one). Each map is scaled to its own maximum for display.
-    """
-    maps = np.asarray(maps.detach().cpu().float() if hasattr(maps, "detach") else maps)
-    if maps.ndim != 3:
-        raise ValueError(f"maps must be (res, res, n_tokens), got shape {maps.shape}")
-    indices = list(range(len(labels))) if indices is None else list(indices)
-    img = _image(image)
-    fig, axes = _axes_row(len(indices) + 1, size)
-    axes[0, 0].imshow(img, interpolation="nearest")
-    axes[0, 0].set_title("image", fontsize=9)
-    h, w = img.shape[:2]
-    for ax, j in zip(axes[0, 1:], indices):
-        m = maps[..., j]
-        ax.imshow(img.mean(-1), cmap="gray", vmin=0, vmax=1, extent=(0, w, h, 0))
-        ax.imshow(m / max(m.max(), 1e-12), cmap="inferno", alpha=0.75, vmin=0, vmax=1,
-                  extent=(0, w, h, 0), interpolation="bilinear")
-        ax.set_title(f"{j}: {labels[j]}", fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return fig
-
-
 def plot_mapper(M, source_labels: Sequence[str], target_labels: Sequence[str],
                 title: str | None = None) -> Figure:
     """Heatmap of the mapper M (rows: source tokens i, columns: target tokens j), values written in.
@@ -167,6 +139,16 @@ def plot_alpha(alpha, labels: Sequence[str], timesteps: Sequence[int] | None = N
     fig.colorbar(im, ax=ax, shrink=0.8, label="alpha (1: source map)")
     ax.set_title(title or "alpha_t per token", fontsize=10)
     return fig
+
+
+def plot_prompt_mapper(tokenizer, source: str, target: str, variant: str = "copy") -> Figure:
+    """:func:`plot_mapper` of the word-swap mapper M between two prompts (notebook 05), labelled
+    with each prompt's tokens."""
+    from ..p2p.align import replace_mapper
+
+    M = replace_mapper(tokenizer, source, target, variant)
+    return plot_mapper(M, token_labels(tokenizer, source), token_labels(tokenizer, target),
+                       title=f"M ({variant}): {source!r} -> {target!r}")
 
 
 def plot_tau_sweep(images: Sequence, taus: Sequence[float], source=None,

@@ -253,8 +253,8 @@ class AttentionExplorer:
         return f"'{self.labels[j]}' (token {j}), {step}, layer: {self.layer.value}"
 
     def render(self):
-        self.figure = viz.plot_token_maps(self.image, self.maps(), self.labels, [self.token.value],
-                                          title=self.title(), size=2.2)
+        self.figure = viz.plot_token_maps(self.maps().permute(2, 0, 1), self.labels, self.image,
+                                          [self.token.value], overlay=True, title=self.title(), size=2.2)
         self.view.value = viz.figure_to_html(self.figure, self.dpi)
         return self.figure
 
