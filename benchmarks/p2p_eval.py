@@ -34,11 +34,11 @@ import numpy as np
 from scipy import ndimage
 
 from p2p_lab import shapes
+from p2p_lab.metrics import centroid_shift, psnr
 from p2p_lab.p2p import edit, fixed_seed, mask_blend
 
 EDITS = ("color", "shape", "background")
 METHODS = ("fixed_seed", "mask_blend", "p2p", "p2p_paper")
-PSNR_CAP = 60.0
 EDGE = 1  # pixels of anti-aliased object edge left out of the unchanged region
 
 
@@ -66,13 +66,6 @@ def swapped_word(source: str, target: str) -> str:
     return diff[0]
 
 
-def psnr(a, b, region) -> float | None:
-    if region.sum() == 0:
-        return None
-    mse = float(((a - b) ** 2)[region].mean())
-    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * np.log10(1.0 / mse))
-
-
 def true_mask(kind: str, src_obj, dilate: int) -> np.ndarray:
     """The editable region handed to mask-based editing."""
     if kind == "background":
@@ -85,7 +78,7 @@ def score(kind: str, src_img, src_obj, tgt_img, target: str) -> dict:
     ok = shapes.score_caption(tgt_img, target)["all"]
     got = shapes.read_image(tgt_img).objects
     obj = got[0] if got else None
-    shift = None if obj is None else float(np.hypot(*np.subtract(obj.centroid, src_obj.centroid)))
+    shift = None if obj is None else centroid_shift(obj, src_obj)
     if kind == "background":
         region = src_obj.mask if obj is None else src_obj.mask & obj.mask
         region = ndimage.binary_erosion(region, iterations=EDGE)
