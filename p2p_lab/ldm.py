@@ -64,10 +64,13 @@ def with_scheduler(pipe, scheduler_cls):
 
 
 def fresh_scheduler(pipe, num_inference_steps: int):
-    """A new scheduler of the pipeline's class and config, set to ``num_inference_steps`` on the
-    pipeline's device. The pipeline's own scheduler is not touched, so runs never interfere."""
-    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
-    scheduler.set_timesteps(num_inference_steps, device=pipe_device(pipe))
+    """A new scheduler of the pipeline's class and config (or of a scheduler's), set to
+    ``num_inference_steps`` on the pipeline's device. The original is not touched, so runs never
+    interfere with each other or with ``pipe(...)``."""
+    original = getattr(pipe, "scheduler", pipe)
+    scheduler = type(original).from_config(original.config)
+    device = pipe_device(pipe) if hasattr(pipe, "unet") else None
+    scheduler.set_timesteps(num_inference_steps, device=device)
     return scheduler
 
 

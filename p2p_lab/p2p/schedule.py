@@ -64,11 +64,10 @@ def alpha_schedule(tokenizer, prompt: str, cross_tau, num_steps: int) -> torch.T
 
 
 def scheduler_timesteps(pipe_or_scheduler, num_inference_steps: int) -> torch.Tensor:
-    """The timesteps a fresh copy of the scheduler runs for ``num_inference_steps`` steps."""
-    sch = getattr(pipe_or_scheduler, "scheduler", pipe_or_scheduler)
-    sch = type(sch).from_config(sch.config)
-    sch.set_timesteps(num_inference_steps)
-    return sch.timesteps
+    """The timesteps a fresh copy of the scheduler runs for ``num_inference_steps`` steps (on the CPU)."""
+    from ..ldm import fresh_scheduler
+
+    return fresh_scheduler(pipe_or_scheduler, num_inference_steps).timesteps.cpu()
 
 
 def tau_to_timestep(pipe_or_scheduler, tau_fraction: float, num_inference_steps: int) -> int:
