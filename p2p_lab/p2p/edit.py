@@ -105,17 +105,46 @@ def edit(pipe, source: str, targets, *, mode: str | None = None, cross_tau=0.8, 
     """
     targets = _prompt_list(targets)
     require_cross_attention(pipe.unet)
-    tok = pipe.tokenizer
     run = resolve_run(pipe, seed, num_inference_steps, guidance_scale, progress)
+    e = _prepare(pipe, source, targets, run, cache, store, context_tau, local_blend, dict(
+        mode=mode, cross_tau=cross_tau, self_tau=self_tau, reweight=reweight, mapper=mapper,
+        self_max_res=self_max_res))
+    return _finish(pipe, e, _sample_targets(pipe, e, store))
+
+
+@dataclasses.dataclass
+class _Edit:
+    """One edit's pieces, decided before sampling (see :func:`edit`)."""
+
+    source: str
+    targets: list[str]
+    run: object  # sampling.Run
+    scheduler: object
+    cache: SourceCache
+    control: EditControl
+    rows: list[str]  # the prompts sampled: [source, *targets], or the targets when the source is cached
+    cond: object  # None (each row's own embeddings) or a function step -> embeddings
+    sig: "_Signature"
+
+    @property
+    def n(self) -> int:
+        return len(self.scheduler.timesteps)
+
+    @property
+    def from_cache(self) -> bool:
+        return self.control.from_cache
+
+
+def _prepare(pipe, source, targets, run, cache, store, context_tau, local_blend, plan_options) -> _Edit:
+    """The plan, the blend, the cache and the control of an edit; whether the source is cached."""
     layers = attention_layers(pipe, run.latent_hw)
     scheduler = ldm.fresh_scheduler(pipe, run.num_steps)
     n = len(scheduler.timesteps)  # the loop's steps schedule tau
-    plan = build_plan(tok, source, targets, mode=mode, cross_tau=cross_tau, self_tau=self_tau,
-                      reweight=reweight, mapper=mapper, num_steps=n, self_max_res=self_max_res)
-    blend = _blend_state(local_blend, tok, [source, *targets], layers, run.latent_hw, n)
-    est = _record_all_nbytes(pipe, layers, self_max_res, n)
-    cache = _source_cache(run_key(pipe, source, run, n), layers, cache, self_max_res, est)
-    control = EditControl(plan, cache, False, store, blend, run.latent_hw, 0)
+    plan = build_plan(pipe.tokenizer, source, targets, num_steps=n, **plan_options)
+    blend = _blend_state(local_blend, pipe.tokenizer, [source, *targets], layers, run.latent_hw, n)
+    est = _record_all_nbytes(pipe, layers, plan.self_max_res, n)
+    cache = _source_cache(run_key(pipe, source, run, n), layers, cache, plan.self_max_res, est)
+    control = EditControl(plan, cache, False, store, blend, run.latent_hw)
     from_cache = control.from_cache = cache.covers(control.needs_source)
     rows = targets if from_cache else [source, *targets]
     if not from_cache:
@@ -123,36 +152,47 @@ def edit(pipe, source: str, targets, *, mode: str | None = None, cross_tau=0.8, 
         # the source's rows stay views of their batch (no copies) when every batch fits the budget
         cache.views = len(rows) * (2 if run.cfg else 1) * est <= CACHE_BUDGET_BYTES
     cond, window = _context_schedule(pipe, source, targets, rows, context_tau, n, from_cache)
-    sig = _Signature.of(plan, targets, window, n)
+    return _Edit(source, targets, run, scheduler, cache, control, rows, cond,
+                 _Signature.of(plan, targets, window, n))
+
+
+def _sample_targets(pipe, e: _Edit, store) -> torch.Tensor:
+    """Run the loop (from the first step whose settings changed, where a re-run can resume) and
+    keep the targets' latents after every step for the next re-run. Returns z_0."""
+    n, cache = e.n, e.cache
     start, z_start = 0, None
     resumable = _stateless(pipe.scheduler)  # only then can a later re-run start mid-way
-    if from_cache and store is None and blend is None and resumable:
-        start = sig.resume_step(cache.trail)
+    if e.from_cache and store is None and e.control.blend is None and resumable:
+        start = e.sig.resume_step(cache.trail)
         z_start = cache.trail.latents[start - 1] if start else None
     cache.resumed_at = start if start else None
     trail = [None] * n
-    hook = _latent_hook(cache, blend, from_cache)
+    hook = _latent_hook(cache, e.control.blend, e.from_cache)
 
     def on_step(i, z):
         z = hook(i, z)
         if resumable:
-            trail[i] = (z if from_cache else z[1:]).detach().clone()
+            trail[i] = (z if e.from_cache else z[1:]).detach().clone()
         return z
 
-    z0 = run_loop(pipe, rows, run, control, on_step, cond=cond, latents=z_start, start=start,
-                  scheduler=scheduler)
+    z0 = run_loop(pipe, e.rows, e.run, e.control, on_step, cond=e.cond, latents=z_start, start=start,
+                  scheduler=e.scheduler)
     if start == n:
         z0 = z_start
     if start:
         trail[:start] = cache.trail.latents[:start]
-    cache.trail = _Trail(sig, trail) if resumable else None
-    images = decode(pipe, z0)
-    if from_cache:
-        cache.hits += 1
-        images = np.concatenate([cache.image[None], images])
+    cache.trail = _Trail(e.sig, trail) if resumable else None
+    return z0
+
+
+def _finish(pipe, e: _Edit, z0: torch.Tensor) -> EditResult:
+    images = decode(pipe, z0)  # (rows, H, W, 3)
+    if e.from_cache:
+        e.cache.hits += 1
+        images = np.concatenate([e.cache.image[None], images])
     else:
-        cache.image = images[0].copy()
-    return EditResult(images, [source, *targets], cache, store, from_cache)
+        e.cache.image = images[0].copy()
+    return EditResult(images, [e.source, *e.targets], e.cache, e.control.store, e.from_cache)
 
 
 def _context_schedule(pipe, source, targets, rows, context_tau, n, from_cache):
