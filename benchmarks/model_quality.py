@@ -27,18 +27,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from p2p_lab import shapes
+from p2p_lab import ldm, shapes
+from p2p_lab.metrics import centroid_shift
 from p2p_lab.model import load_pipeline, sampling_defaults
-from p2p_lab.train import install_capture, word_groups
+from p2p_lab.train import AttentionCapture, word_groups
+from p2p_lab.unet_attention import default_latent_hw, hooked
 
 
-def generate(pipe, prompts, seeds, defaults, capture=None):
-    """Images (n, 32, 32, 3) float in [0, 1], one seed per prompt (batched)."""
-    latents = torch.stack([torch.randn((4, 8, 8), generator=torch.Generator().manual_seed(s))
-                           for s in seeds])
-    out = pipe(list(prompts), latents=latents, num_inference_steps=defaults.num_inference_steps,
-               guidance_scale=defaults.guidance_scale, output_type="np")
-    return out.images
+def generate(pipe, prompts, seeds, defaults):
+    """Images (n, H, W, 3) float in [0, 1] by the course's loop (ldm.sample), one z_T per seed (batched)."""
+    z = torch.cat([ldm.initial_latents(pipe, s) for s in seeds])  # (n, C, h, w)
+    return ldm.sample(pipe, list(prompts), None, defaults.num_inference_steps, defaults.guidance_scale,
+                      latents=z, progress=False).numpy()
 
 
 def prompt_following(pipe, defaults, n_seeds, batch=42):
@@ -71,15 +71,13 @@ def attention_readability(pipe, defaults, n=60):
     rng = np.random.default_rng(0)
     scenes = [shapes.sample_scene(rng) for _ in range(n)]
     prompts = [shapes.caption(s) for s in scenes]
-    original = dict(pipe.unet.attn_processors)
-    store = install_capture(pipe.unet)
-    try:
+    guided = defaults.guidance_scale != 1  # then the loop's batch is cat([uncond, cond]): n rows each
+    capture = AttentionCapture(default_latent_hw(pipe), n_uncond=n if guided else 0)
+    with hooked(pipe.unet, capture):
         images = generate(pipe, prompts, range(n), defaults)
-    finally:
-        pipe.unet.set_attn_processor(original)
-    res = int(max(np.sqrt(p.shape[1]) for p in store))
-    fine = [p[n:] for p in store if p.shape[1] == res * res]  # conditional half, finest layers
-    maps = torch.stack(fine).mean(0)  # (n, res*res, tokens), averaged over layers and steps
+    grid = max((g for g, _ in capture.maps), key=lambda g: g[0] * g[1])  # the finest (rows, cols)
+    fine = [p for g, p in capture.maps if g == grid]  # conditional rows, finest layers, every step
+    maps = torch.stack(fine).mean(0)  # (n, rows * cols, tokens), averaged over layers and steps
     length = pipe.tokenizer.model_max_length
     ratios = {"shape": [], "color": []}
     for i, (img, prompt) in enumerate(zip(images, prompts)):
@@ -87,14 +85,14 @@ def attention_readability(pipe, defaults, n=60):
         if len(reading.objects) != 1:
             continue
         mask = torch.from_numpy(reading.objects[0].mask.astype(np.float32))[None, None]
-        mask = F.adaptive_avg_pool2d(mask, res).flatten()  # (res*res,) area fraction per latent pixel
+        mask = F.adaptive_avg_pool2d(mask, grid).flatten()  # (rows * cols,) area fraction per latent pixel
         words = prompt.split()
         groups = word_groups(pipe.tokenizer, words, length)
         share = mask.mean().item()
         for key, word in (("color", words[1]), ("shape", words[2])):
-            m = maps[i][:, groups[words.index(word)]].sum(-1)  # (res*res,)
+            m = maps[i][:, groups[words.index(word)]].sum(-1)  # (rows * cols,)
             ratios[key].append(((m * mask).sum() / m.sum()).item() / share)
-    return {"resolution": res, "n_scored": len(ratios["shape"]),
+    return {"resolution": max(grid), "n_scored": len(ratios["shape"]),
             "shape_word_ratio": float(np.mean(ratios["shape"])),
             "color_word_ratio": float(np.mean(ratios["color"]))}
 
@@ -144,8 +142,7 @@ def fixed_seed_baseline(pipe, defaults, n=60):
         if len(ra.objects) != len(rb.objects) or not ra.objects:
             changed.append(True)
             continue
-        (ya, xa), (yb, xb) = ra.objects[0].centroid, rb.objects[0].centroid
-        shift = float(np.hypot(ya - yb, xa - xb))
+        shift = centroid_shift(ra, rb)  # pixels between the main objects' centroids
         shifts.append(shift)
         changed.append(shift > 2.0 or (kind != "background" and ra.background != rb.background))
     return {"n": n, "composition_changed": float(np.mean(changed)),

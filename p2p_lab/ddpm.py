@@ -27,8 +27,8 @@ from torch import nn
 __all__ = [
     "Schedule", "linear_betas", "scaled_linear_betas", "gather", "to_diffusers", "snr",
     "forward_step", "forward_chain", "q_sample", "posterior_coefficients", "posterior_mean",
-    "x0_from_eps", "mean_from_eps", "reverse_step", "sample", "ddpm_loss", "training_loss",
-    "TinyEpsMLP", "toy_data_2d", "train_eps_model",
+    "x0_from_eps", "mean_from_eps", "reverse_step", "sample_chain", "ddpm_loss", "training_loss",
+    "TinyEpsMLP", "toy_data_2d", "ToyTrainConfig", "train_eps_model",
 ]
 
 Tensor = torch.Tensor
@@ -273,9 +273,11 @@ def reverse_step(x_t: Tensor, t: int | Tensor, eps_pred: Tensor, sched: Schedule
 
 
 @torch.no_grad()
-def sample(eps_model: Callable[[Tensor, Tensor], Tensor], shape: tuple[int, ...], sched: Schedule,
-           generator: torch.Generator | None = None, keep: tuple[int, ...] = ()) -> tuple[Tensor, dict[int, Tensor]]:
-    """Ancestral sampling: x_T ~ N(0, I), then :func:`reverse_step` for t = T, ..., 1.
+def sample_chain(eps_model: Callable[[Tensor, Tensor], Tensor], shape: tuple[int, ...], sched: Schedule,
+                 generator: torch.Generator | None = None,
+                 keep: tuple[int, ...] = ()) -> tuple[Tensor, dict[int, Tensor]]:
+    """Ancestral sampling (notebook 03): x_T ~ N(0, I), then :func:`reverse_step` for t = T, ..., 1,
+    x_{t-1} = mu_theta(x_t, t) + sigma_t z.
 
     ``eps_model(x_t, t)`` gets t as a (batch,) integer tensor. Returns x_0 and {t: x_t} for each t in ``keep``.
     """
@@ -338,7 +340,10 @@ def toy_data_2d(n: int, generator: torch.Generator | None = None) -> Tensor:
 
 
 @dataclasses.dataclass
-class TrainConfig:
+class ToyTrainConfig:
+    """How :func:`train_eps_model` trains the toy eps-model of notebook 03 (not the shipped model:
+    that is :class:`p2p_lab.train.TrainConfig`)."""
+
     steps: int = 500  # optimiser steps (a few seconds on a CPU for TinyEpsMLP)
     batch: int = 512  # points per step
     lr: float = 2e-2  # Adam learning rate, cosine-decayed to 0
@@ -346,7 +351,7 @@ class TrainConfig:
 
 
 def train_eps_model(model: nn.Module, data_fn: Callable[[int, torch.Generator], Tensor], sched: Schedule,
-                    cfg: TrainConfig = TrainConfig()) -> list[float]:
+                    cfg: ToyTrainConfig = ToyTrainConfig()) -> list[float]:
     """Algorithm 1: repeat (draw x_0, t ~ U(1..T), eps ~ N(0, I); step on ||eps - eps_theta(x_t, t)||^2).
 
     ``data_fn(n, generator)`` draws n training examples. Returns the loss of every step.

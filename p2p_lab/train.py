@@ -1,6 +1,7 @@
 """Training the shipped model: ``python -m p2p_lab train`` (course part 6, "beyond the slides").
 
-Four stages, each resumable from the checkpoints in ``TrainConfig.out`` (kept outside git):
+Four stages, each resumable from the checkpoints in ``TrainConfig.out`` (kept outside git); the
+three that train run one resume -> loop -> checkpoint skeleton (:class:`Stage`):
 
 1. the autoencoder (``AutoencoderKL``) on rendered shapes-world images, then frozen;
 2. the whole dataset encoded once into latent means and standard deviations;
@@ -431,6 +432,16 @@ def encode_captions(tokenizer, text_encoder, texts, rng, cfg: TrainConfig, devic
     return torch.where(tail.to(device)[..., None], text_encoder(dec_ids)[0], cond)
 
 
+def forward_noise(z0, abar, g):
+    """Property 1 at random times: t ~ U{0..999}, eps ~ N(0, I) (drawn from ``g`` on the CPU),
+    z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps. Returns z_t, t, eps on the device of ``abar``."""
+    t = torch.randint(0, len(abar), (z0.shape[0],), generator=g)  # (b,)
+    eps = torch.randn(z0.shape, generator=g)  # (b, C, h, w)
+    z0, eps, t = z0.to(abar.device), eps.to(abar.device), t.to(abar.device)
+    a = abar[t].view(-1, 1, 1, 1)  # (b, 1, 1, 1)
+    return a.sqrt() * z0 + (1 - a).sqrt() * eps, t, eps
+
+
 def train_ldm(cfg: TrainConfig, mcfg: ModelConfig, tokenizer, lat, data, vae, accelerator):
     """Algorithm 1 on latents, UNet and text encoder jointly, with the attention loss:
     ||eps - eps_theta(sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps, t, c)||^2 + attn_loss_weight L_attn.
@@ -461,11 +472,7 @@ def train_ldm(cfg: TrainConfig, mcfg: ModelConfig, tokenizer, lat, data, vae, ac
         z0 = z0 * vae.config.scaling_factor  # (b, 4, 8, 8), unit variance
         texts, groups, bgs = zip(*(caption_targets(tokenizer, scene_from_attrs(data["attrs"][j]), rng, cfg, length)
                                    for j in idx.tolist()))
-        t = torch.randint(0, len(abar), (cfg.batch,), generator=g)
-        eps = torch.randn(z0.shape, generator=g)
-        z0, eps, t = z0.to(dev), eps.to(dev), t.to(dev)
-        a = abar[t].view(-1, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * eps  # (b, 4, 8, 8)
+        zt, t, eps = forward_noise(z0, abar, g)  # (b, 4, 8, 8), (b,), (b, 4, 8, 8)
         set_lr(opt, lr_at(i, cfg))
         capture.maps.clear()
         cond = encode_captions(tokenizer, text_run, texts, rng, cfg, dev)  # (b, 16, 64)

@@ -170,7 +170,7 @@ def test_sampling_with_the_exact_noise_recovers_a_single_point():
         abar_t = sched.abar[t].float()[:, None]  # (batch, 1)
         return (x_t - abar_t.sqrt() * c) / (1 - abar_t).sqrt()
 
-    x_0, kept = ddpm.sample(exact_eps, (8, 2), sched, torch.Generator().manual_seed(0), keep=(100, 30, 0))
+    x_0, kept = ddpm.sample_chain(exact_eps, (8, 2), sched, torch.Generator().manual_seed(0), keep=(100, 30, 0))
     torch.testing.assert_close(x_0, c.expand(8, 2), atol=1e-5, rtol=0)
     assert sorted(kept) == [0, 30, 100] and torch.equal(kept[0], x_0)
     dist = {t: (x - c).norm(dim=1).mean().item() for t, x in kept.items()}
@@ -209,7 +209,7 @@ def test_a_few_training_steps_lower_the_loss():
     torch.manual_seed(0)
     sched = ddpm.Schedule.linear(100, 1e-3, 0.2)
     model = ddpm.TinyEpsMLP(sched.T, hidden=32)
-    losses = ddpm.train_eps_model(model, ddpm.toy_data_2d, sched, ddpm.TrainConfig(steps=80, batch=256))
+    losses = ddpm.train_eps_model(model, ddpm.toy_data_2d, sched, ddpm.ToyTrainConfig(steps=80, batch=256))
     assert sum(losses[-15:]) / 15 < 0.8 * sum(losses[:15]) / 15
 
 
