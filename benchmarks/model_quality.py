@@ -31,14 +31,15 @@ from p2p_lab import ldm, shapes
 from p2p_lab.metrics import centroid_shift
 from p2p_lab.model import load_pipeline, sampling_defaults
 from p2p_lab.train import AttentionCapture, word_groups
-from p2p_lab.unet_attention import default_latent_hw, hooked
+from p2p_lab.unet_attention import default_latent_hw
 
 
-def generate(pipe, prompts, seeds, defaults):
-    """Images (n, H, W, 3) float in [0, 1] by the course's loop (ldm.sample), one z_T per seed (batched)."""
+def generate(pipe, prompts, seeds, defaults, control=None):
+    """Images (n, H, W, 3) float in [0, 1] by the course's loop (ldm.sample), one z_T per seed
+    (batched); ``control``: an attention control installed for the loop."""
     z = torch.cat([ldm.initial_latents(pipe, s) for s in seeds])  # (n, C, h, w)
     return ldm.sample(pipe, list(prompts), None, defaults.num_inference_steps, defaults.guidance_scale,
-                      latents=z, progress=False).numpy()
+                      latents=z, progress=False, control=control).numpy()
 
 
 def prompt_following(pipe, defaults, n_seeds, batch=42):
@@ -71,10 +72,8 @@ def attention_readability(pipe, defaults, n=60):
     rng = np.random.default_rng(0)
     scenes = [shapes.sample_scene(rng) for _ in range(n)]
     prompts = [shapes.caption(s) for s in scenes]
-    guided = defaults.guidance_scale != 1  # then the loop's batch is cat([uncond, cond]): n rows each
-    capture = AttentionCapture(default_latent_hw(pipe), n_uncond=n if guided else 0)
-    with hooked(pipe.unet, capture):
-        images = generate(pipe, prompts, range(n), defaults)
+    capture = AttentionCapture(default_latent_hw(pipe))  # the loop sets n_uncond: conditional rows kept
+    images = generate(pipe, prompts, range(n), defaults, control=capture)
     grid = max((g for g, _ in capture.maps), key=lambda g: g[0] * g[1])  # the finest (rows, cols)
     fine = [p for g, p in capture.maps if g == grid]  # conditional rows, finest layers, every step
     maps = torch.stack(fine).mean(0)  # (n, rows * cols, tokens), averaged over layers and steps

@@ -525,6 +525,28 @@ def _rel_change(before: dict, params: dict, part: str) -> float:
     return float((num / den).sqrt()) if names else 0.0
 
 
+@contextlib.contextmanager
+def _training(pipe, params: dict):
+    """For the ``with`` block: only ``params`` train, as float32 copies; afterwards every one of
+    the pipeline's own tensors and gradient flags is put back exactly, even on error."""
+    saved = {n: p.data for n, p in params.items()}  # the pipeline's own tensors, put back below
+    modules = (pipe.unet, pipe.text_encoder)
+    flags = {id(p): p.requires_grad for m in modules for p in m.parameters()}
+    try:
+        for m in modules:
+            m.requires_grad_(False)
+        for p in params.values():
+            p.data = p.data.float().clone()  # float32 copies of the trained weights only
+            p.requires_grad_(True)
+        yield saved
+    finally:
+        for n, p in params.items():
+            p.grad, p.data = None, saved[n]
+        for m in modules:
+            for p in m.parameters():
+                p.requires_grad_(flags[id(p)])
+
+
 def train_briefly(pipe, images: Tensor, captions: list[str], steps: int = 5, lr: float = 1e-4,
                   seed: int = 0, which: str = "all", optimizer=torch.optim.Adam) -> TrainLog:
     """A few optimizer steps of :func:`diffusion_loss`, then every trained weight put back.
@@ -537,36 +559,20 @@ def train_briefly(pipe, images: Tensor, captions: list[str], steps: int = 5, lr:
     demo on Stable Diffusion fits a Colab T4 (``which="cross-attention"``, a small batch).
     """
     params = trainable_parameters(pipe, which)
-    saved = {n: p.data for n, p in params.items()}  # the pipeline's own tensors, put back below
-    flags = {id(p): p.requires_grad for m in (pipe.unet, pipe.text_encoder) for p in m.parameters()}
-    low = pipe_dtype(pipe) in (torch.float16, torch.bfloat16)
-    device = pipe_device(pipe)
-    try:
-        for m in (pipe.unet, pipe.text_encoder):
-            m.requires_grad_(False)
-        for p in params.values():
-            p.data = p.data.float().clone()  # float32 copies of the trained weights only
-            p.requires_grad_(True)
+    dtype, device = pipe_dtype(pipe), pipe_device(pipe)
+    with _training(pipe, params) as saved:
         opt = optimizer(list(params.values()), lr=lr)
         g = torch.Generator().manual_seed(seed)
         losses = []
         for _ in range(steps):
-            with torch.autocast(device.type, dtype=pipe_dtype(pipe), enabled=low):
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype in (torch.float16, torch.bfloat16)):
                 loss = diffusion_loss(pipe, images, captions, g)
             opt.zero_grad()
             loss.backward()
             opt.step()
             losses.append(loss.item())
-        log = TrainLog(losses, _rel_change(saved, params, "unet"),
-                       _rel_change(saved, params, "text_encoder"), list(params))
-    finally:
-        for n, p in params.items():
-            p.grad = None
-            p.data = saved[n]
-        for m in (pipe.unet, pipe.text_encoder):
-            for p in m.parameters():
-                p.requires_grad_(flags[id(p)])
-    return log
+        return TrainLog(losses, _rel_change(saved, params, "unet"),
+                        _rel_change(saved, params, "text_encoder"), list(params))
 
 
 def weights_fingerprint(module: torch.nn.Module) -> tuple[float, ...]:

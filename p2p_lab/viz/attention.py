@@ -78,6 +78,19 @@ def plot_attention_heads(weights, query_labels=None, key_labels=None, title: str
     return fig
 
 
+def _token_panel(ax, m: np.ndarray, label: str, img=None) -> None:
+    """One token's map (h, w): over the image, scaled to its maximum; or alone, with its share."""
+    if img is None:
+        ax.imshow(m, cmap="inferno", interpolation="nearest")
+        ax.set_title(f"{label}\n{m.mean():.2f}", fontsize=9)
+        return
+    h, w = img.shape[:2]
+    ax.imshow(img.mean(-1), cmap="gray", vmin=0, vmax=1, extent=(0, w, h, 0))
+    ax.imshow(m / max(m.max(), 1e-12), cmap="inferno", alpha=0.75, vmin=0, vmax=1,
+              extent=(0, w, h, 0), interpolation="bilinear")
+    ax.set_title(label, fontsize=9)
+
+
 def plot_token_maps(maps, tokens, image=None, indices=None, skip_padding: bool = True,
                     overlay: bool = False, title: str | None = None, size: float = 1.6):
     """Each token's attention over the image: ``maps`` (n_tokens, height, width), one panel per token.
@@ -106,16 +119,8 @@ def plot_token_maps(maps, tokens, image=None, indices=None, skip_padding: bool =
     if img is not None:
         axes[0].imshow(img, interpolation="nearest")
         axes[0].set_title("image", fontsize=9)
-    h, w = (img.shape[:2] if img is not None else m.shape[1:])
     for ax, j in zip(axes[panels - len(indices):], indices):
-        if overlay and img is not None:
-            ax.imshow(img.mean(-1), cmap="gray", vmin=0, vmax=1, extent=(0, w, h, 0))
-            ax.imshow(m[j] / max(m[j].max(), 1e-12), cmap="inferno", alpha=0.75, vmin=0, vmax=1,
-                      extent=(0, w, h, 0), interpolation="bilinear")
-            ax.set_title(f"{j}: {labels[j]}", fontsize=9)
-        else:
-            ax.imshow(m[j], cmap="inferno", interpolation="nearest")
-            ax.set_title(f"{labels[j]}\n{m[j].mean():.2f}", fontsize=9)
+        _token_panel(ax, m[j], f"{j}: {labels[j]}" if overlay else labels[j], img if overlay else None)
     for ax in axes:
         ax.axis("off")
     if title:
