@@ -25,7 +25,8 @@ import torch
 __all__ = [
     "pipe_device", "pipe_dtype", "with_scheduler",
     "tokenize", "encode_text", "PromptEmbeddings", "encode_prompt",
-    "guidance", "predict_x0", "StepOutput", "guided_eps", "denoise_step", "sampling_step",
+    "guidance", "predict_x0", "abar_pair", "ddim_step", "ddim_inverse_step", "StepOutput",
+    "guided_eps", "denoise_step", "sampling_step",
     "latent_shape", "initial_latents", "SampleOutput", "progress_bar", "denoise", "sample",
     "fresh_scheduler",
     "decode", "encode", "image_to_tensor", "to_numpy",
@@ -160,6 +161,42 @@ def predict_x0(scheduler, z_t: Tensor, eps: Tensor, t) -> Tensor:
     abar_t = scheduler.alphas_cumprod[int(t)].to(device=z_t.device, dtype=torch.float32)
     z0 = (z_t.float() - (1 - abar_t).sqrt() * eps.float()) / abar_t.sqrt()
     return z0.to(z_t.dtype)
+
+
+def abar_pair(scheduler, t) -> tuple[Tensor, Tensor]:
+    """(abar_t, abar_prev) of a DDIM step from diffusers timestep ``t`` to the scheduler's previous
+    one, t - T / n (``final_alpha_cumprod`` below 0: the last step lands on z_0)."""
+    prev = int(t) - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    abar = scheduler.alphas_cumprod
+    return abar[int(t)], (abar[prev] if prev >= 0 else scheduler.final_alpha_cumprod)
+
+
+def ddim_step(scheduler, z_t: Tensor, eps: Tensor, t) -> Tensor:
+    """The deterministic DDIM update (notebook 04; Song et al. 2021, eq. 12 with sigma = 0):
+
+        z0_hat = (z_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
+        z_prev = sqrt(abar_prev) z0_hat + sqrt(1 - abar_prev) eps
+
+    the guess of the clean latent, noised again to the previous timestep with the same eps.
+    Equal to ``DDIMScheduler.step(eps, t, z_t, eta=0).prev_sample``. Shapes: (b, C, h, w).
+    """
+    abar_t, abar_prev = (a.to(z_t.device, torch.float32) for a in abar_pair(scheduler, t))
+    z0 = (z_t.float() - (1 - abar_t).sqrt() * eps.float()) / abar_t.sqrt()
+    return (abar_prev.sqrt() * z0 + (1 - abar_prev).sqrt() * eps.float()).to(z_t.dtype)
+
+
+def ddim_inverse_step(scheduler, z_prev: Tensor, eps: Tensor, t) -> Tensor:
+    """The DDIM update run backwards (notebook 06): from z_prev up to z_t with the same formula,
+
+        z0_hat = (z_prev - sqrt(1 - abar_prev) eps) / sqrt(abar_prev)
+        z_t = sqrt(abar_t) z0_hat + sqrt(1 - abar_t) eps
+
+    where eps is predicted at the point we stand on, (z_prev, t): exact if eps(z_t, t) equals it,
+    which holds only in the limit of small steps. ``ddim_step`` undoes it exactly for the same eps.
+    """
+    abar_t, abar_prev = (a.to(z_prev.device, torch.float32) for a in abar_pair(scheduler, t))
+    z0 = (z_prev.float() - (1 - abar_prev).sqrt() * eps.float()) / abar_prev.sqrt()
+    return (abar_t.sqrt() * z0 + (1 - abar_t).sqrt() * eps.float()).to(z_prev.dtype)
 
 
 def _step_kwargs(scheduler, generator, eta: float) -> dict:
@@ -304,7 +341,8 @@ def denoise(pipe, z: Tensor, cond, uncond: Tensor | None, scheduler, guidance_sc
     z: z_T (b, C, h, w), or the latents before step ``start`` (a re-run that resumes mid-way).
     cond: the prompts' embeddings (b, L, D), or a function of the loop index i returning them (text
     embeddings that change by step). uncond: (1 or b, L, D), the unconditional embedding, used
-    where ``guidance_scale != 1``. control: an attention control (:mod:`p2p_lab.unet_attention`),
+    where ``guidance_scale != 1``, or a function of i returning it (null-text inversion's per-step
+    null embeddings, notebook 06). control: an attention control (:mod:`p2p_lab.unet_attention`),
     installed for the loop; its ``step`` is set to i before each UNet call. on_step(i, out) -> z:
     called after each step with its :class:`StepOutput`, returns the latents to go on with.
     progress: a progress bar (default: on for Stable Diffusion, off for the shipped model).
@@ -318,7 +356,8 @@ def denoise(pipe, z: Tensor, cond, uncond: Tensor | None, scheduler, guidance_sc
             control.n_uncond = len(z) if guided else 0
         for i, t in progress_bar(pipe, steps, len(steps), enabled=progress):
             c = cond(i) if callable(cond) else cond  # (b, L, D)
-            emb = torch.cat([uncond.expand(len(c), -1, -1), c]) if guided else c  # (2b or b, L, D)
+            u = uncond(i) if callable(uncond) else uncond  # (1 or b, L, D)
+            emb = torch.cat([u.expand(len(c), -1, -1), c]) if guided else c  # (2b or b, L, D)
             if control is not None:
                 control.step = i
             out = denoise_step(pipe.unet, scheduler, z, t, emb, guidance_scale, generator, eta)

@@ -247,3 +247,14 @@ def test_progress_bar_on_for_stable_diffusion_quiet_on_the_shipped_model(shipped
         assert capsys.readouterr().err == ""
         sample(sd_like_pipe, progress=False)
         assert capsys.readouterr().err == ""
+
+
+def test_ddim_step_is_diffusers_ddim_and_the_inverse_undoes_it(shipped_pipe):
+    sch = ldm.fresh_scheduler(shipped_pipe, 10)
+    g = torch.Generator().manual_seed(0)
+    z, eps = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    for t in sch.timesteps:
+        ours = ldm.ddim_step(sch, z, eps, t)
+        theirs = sch.step(eps, t, z, eta=0.0).prev_sample
+        assert torch.allclose(ours, theirs, atol=1e-5)
+        assert torch.allclose(ldm.ddim_inverse_step(sch, ours, eps, t), z, atol=1e-4)
