@@ -13,7 +13,7 @@ from .. import ddpm
 from ._core import Mistake, run_check
 
 __all__ = ["check_q_sample", "check_posterior_coefficients", "check_x0_from_eps",
-           "check_mean_from_eps", "check_ddpm_loss"]
+           "check_mean_from_eps", "check_reverse_step", "check_ddpm_loss"]
 
 
 def _tab(sched, t, x, shift=0, table="abar"):
@@ -280,5 +280,56 @@ LOSS_MISTAKES = (
 
 
 def check_ddpm_loss(fn, cases=None):
-    """Exercise 5: ``ddpm_loss(eps_model, x_0, t, eps, sched)`` -> mean (eps - eps_model(x_t, t))^2."""
+    """Exercise 6: ``ddpm_loss(eps_model, x_0, t, eps, sched)`` -> mean (eps - eps_model(x_t, t))^2."""
     return run_check("ddpm_loss", fn, loss_reference, cases or loss_cases(4), LOSS_MISTAKES)
+
+
+# ---------------------------------------------------------------- the reverse (ancestral) step
+
+def reverse_cases(seed: int = 0, ts=(1, 2, 5, 400, 1000)) -> list[dict]:
+    """x_t, t, eps_pred, sched, z for reverse steps, t = 1 (no noise left to add) included."""
+    gen = torch.Generator().manual_seed(seed)
+    long, short = _schedules()
+    cases = []
+    for t in ts:
+        sched = short if t <= short.T else long
+        shape = (2, 3, 4, 4)
+        cases.append({"x_t": torch.randn(shape, generator=gen), "t": t, "eps_pred": torch.randn(shape, generator=gen),
+                      "sched": sched, "z": torch.randn(shape, generator=gen)})
+    return cases
+
+
+def reverse_reference(x_t, t, eps_pred, sched, z):
+    return ddpm.reverse_step(x_t, t, eps_pred, sched, noise=z)
+
+
+def _reverse_wrong(sigma):
+    def compute(x_t, t, eps_pred, sched, z):
+        return ddpm.mean_from_eps(x_t, t, eps_pred, sched) + sigma(x_t, t, sched) * z
+    return compute
+
+
+def _posterior_var(x_t, t, sched):
+    return ddpm.posterior_coefficients(t, sched)[2].to(x_t.dtype)
+
+
+REVERSE_MISTAKES = (
+    Mistake("no_noise", _reverse_wrong(lambda x, t, s: 0.0),
+            "that is the mean alone: ancestral sampling adds sigma_t z, with sigma_t^2 the posterior's "
+            "variance (1 - abar_{t-1}) / (1 - abar_t) beta_t"),
+    Mistake("variance_not_std", _reverse_wrong(_posterior_var),
+            "scale z by the standard deviation sigma_t, the square root of the posterior's variance"),
+    Mistake("beta_variance", _reverse_wrong(lambda x, t, s: _tab(s, t, x, 0, "beta").sqrt()),
+            "sigma_t^2 here is the posterior's variance (1 - abar_{t-1}) / (1 - abar_t) beta_t (Property "
+            "2), not beta_t itself (the other choice of the DDPM paper, which adds noise even at t = 1)"),
+    Mistake("minus_noise", _reverse_wrong(lambda x, t, s: -_posterior_var(x, t, s).sqrt()),
+            "add sigma_t z, do not subtract it (z is symmetric, but the check fixes z)"),
+    Mistake("x0_instead_of_mean", lambda x_t, t, eps_pred, sched, z: ddpm.x0_from_eps(x_t, t, eps_pred, sched)
+            + _posterior_var(x_t, t, sched).sqrt() * z,
+            "start from the eps-mean mu_theta(x_t, t), not from the predicted x_0"),
+)
+
+
+def check_reverse_step(fn, cases=None):
+    """Exercise 5: ``reverse_step(x_t, t, eps_pred, sched, z)`` -> x_{t-1} = mu_theta(x_t, t) + sigma_t z."""
+    return run_check("reverse_step", fn, reverse_reference, cases or reverse_cases(), REVERSE_MISTAKES)

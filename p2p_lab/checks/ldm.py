@@ -14,7 +14,69 @@ import torch
 
 from ._core import Mistake, run_check
 
-__all__ = ["check_guidance", "check_sampling_step", "check_sample"]
+__all__ = ["check_guidance", "check_ddim_step", "check_sampling_step", "check_sample"]
+
+
+# ---------------------------------------------------------------- the DDIM step (no model needed)
+
+def ddim_cases(seed: int = 0, steps=(10, 25, 50), shapes=((1, 4, 8, 8), (2, 4, 4, 4), (1, 4, 16, 16))):
+    """(z_t, eps, t, scheduler) for DDIM steps at the start, middle and end of a schedule (the last
+    step lands on abar = final_alpha_cumprod)."""
+    from diffusers import DDIMScheduler
+
+    from ..model import build_scheduler
+
+    g = torch.Generator().manual_seed(seed)
+    cases = []
+    for n, shape in zip(steps, shapes):
+        sch = DDIMScheduler.from_config(build_scheduler().config)
+        sch.set_timesteps(n)
+        for t in (sch.timesteps[0], sch.timesteps[n // 2], sch.timesteps[-1]):
+            cases.append({"z_t": torch.randn(shape, generator=g), "eps": torch.randn(shape, generator=g),
+                          "t": int(t), "scheduler": sch})
+    return cases
+
+
+def ddim_reference(z_t, eps, t, scheduler):
+    """diffusers' own DDIM step (eta = 0)."""
+    return scheduler.step(eps, t, z_t, eta=0.0).prev_sample
+
+
+def _ddim_wrong(renoise="prev", noise=lambda a: (1 - a).sqrt(), back=True):
+    def compute(z_t, eps, t, scheduler):
+        from ..ldm import abar_pair
+
+        abar_t, abar_prev = abar_pair(scheduler, t)
+        z0 = (z_t - noise(abar_t) * eps) / abar_t.sqrt()
+        a = abar_prev if renoise == "prev" else abar_t
+        return a.sqrt() * z0 + (noise(a) * eps if back else 0)
+    return compute
+
+
+DDIM_MISTAKES = (
+    Mistake("returns_z0", _ddim_wrong(back=False, renoise="one"),
+            "that is the predicted clean latent z0_hat; DDIM then noises it again to the previous "
+            "timestep: sqrt(abar_prev) z0_hat + sqrt(1 - abar_prev) eps"),
+    Mistake("no_renoise", _ddim_wrong(back=False),
+            "sqrt(abar_prev) z0_hat is only the signal: add the noise term sqrt(1 - abar_prev) eps (the "
+            "same eps, which is what makes DDIM deterministic)"),
+    Mistake("abar_t_twice", _ddim_wrong(renoise="t"),
+            "you noised z0_hat back to abar_t, which returns z_t unchanged: the step goes to abar_prev"),
+    Mistake("noise_without_sqrt", _ddim_wrong(noise=lambda a: 1 - a),
+            "the noise coefficients are sqrt(1 - abar), not 1 - abar (the slides' Property 1 drops the root)"),
+)
+
+
+def check_ddim_step(fn):
+    """``fn(z_t, eps, abar_t, abar_prev)`` -> z_prev, the deterministic DDIM step (eta = 0), checked
+    against diffusers' ``DDIMScheduler.step`` on steps of schedules of 10, 25 and 50 steps."""
+    from ..ldm import abar_pair
+
+    def student(z_t, eps, t, scheduler):
+        abar_t, abar_prev = abar_pair(scheduler, t)
+        return fn(z_t.clone(), eps.clone(), abar_t.clone(), abar_prev.clone())
+
+    return run_check("ddim_step", student, ddim_reference, ddim_cases(), DDIM_MISTAKES, atol=1e-5)
 
 
 # ---------------------------------------------------------------- a tiny pipeline for checks

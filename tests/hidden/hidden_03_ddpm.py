@@ -10,8 +10,9 @@ import torch
 from p2p_lab import ddpm
 from p2p_lab.checks._core import run_check
 from p2p_lab.checks.ddpm import (LOSS_MISTAKES, MEAN_MISTAKES, POSTERIOR_MISTAKES, Q_SAMPLE_MISTAKES,
-                                 X0_MISTAKES, _ToyEpsModel, loss_reference, mean_reference,
-                                 posterior_reference, q_sample_reference, x0_reference)
+                                 REVERSE_MISTAKES, X0_MISTAKES, _ToyEpsModel, loss_reference,
+                                 mean_reference, posterior_reference, q_sample_reference,
+                                 reverse_cases, reverse_reference, x0_reference)
 from p2p_lab.grading import call_student, forbid, student_function
 
 QUESTIONS = {
@@ -19,6 +20,7 @@ QUESTIONS = {
     "posterior_coefficients": {"points": 2.0, "name": "posterior_coefficients"},
     "x0_from_eps": {"points": 2.0, "name": "x0_from_eps"},
     "mean_from_eps": {"points": 2.0, "name": "mean_from_eps"},
+    "ddpm_reverse_step": {"points": 2.0, "name": "reverse_step"},
     "ddpm_loss": {"points": 2.0, "name": "ddpm_loss"},
 }
 
@@ -29,6 +31,8 @@ FORBIDDEN = {
     "x0_from_eps": ("p2p_lab.ddpm.x0_from_eps", _CHECKS + "x0_reference", "diffusers.DDPMScheduler.step"),
     "mean_from_eps": ("p2p_lab.ddpm.mean_from_eps", "p2p_lab.ddpm.posterior_mean", "p2p_lab.ddpm.reverse_step",
                       _CHECKS + "mean_reference", "diffusers.DDPMScheduler.step"),
+    "ddpm_reverse_step": ("p2p_lab.ddpm.reverse_step", "p2p_lab.ddpm.sample_chain", _CHECKS + "reverse_reference",
+                          "diffusers.DDPMScheduler.step"),
     "ddpm_loss": ("p2p_lab.ddpm.ddpm_loss", "p2p_lab.ddpm.training_loss", _CHECKS + "loss_reference"),
 }
 
@@ -113,6 +117,20 @@ def test_mean_from_eps(ns):
         got = call_student(fn, FORBIDDEN["mean_from_eps"], x_t, t, eps, sched)
         assert torch.allclose(torch.as_tensor(got, dtype=torch.float64), want, atol=1e-7), (
             f"with the true noise, the eps-parameterised mean must equal the posterior mean (t = {t})")
+
+
+def test_ddpm_reverse_step(ns):
+    fn = student_function(ns, "reverse_step")
+    s = _schedules()
+    cases = [{**c, "sched": s[name]} for c, name in zip(reverse_cases(306, ts=(1, 2, 3, 150, 999)),
+                                                       ("short", "short", "short", "linear300", "scaled"))]
+    _passes("ddpm_reverse_step", fn, reverse_reference, cases, REVERSE_MISTAKES, atol=1e-4)
+    # at t = 1 the last step adds no noise: x_0 = mu_theta(x_1, 1), whatever z is
+    c = {**cases[0], "z": 100 * torch.ones_like(cases[0]["z"])}
+    got = call_student(fn, FORBIDDEN["ddpm_reverse_step"], **c)
+    want = ddpm.mean_from_eps(c["x_t"], 1, c["eps_pred"], c["sched"])
+    assert torch.allclose(torch.as_tensor(got, dtype=torch.float64), want.double(), atol=1e-5), (
+        "at t = 1, sigma_1 = 0: the last reverse step adds no noise")
 
 
 def test_ddpm_loss(ns):

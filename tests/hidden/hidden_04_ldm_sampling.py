@@ -14,6 +14,7 @@ from p2p_lab.grading import call_student, student_function
 QUESTIONS = {
     "ldm_guidance": {"points": 1.0, "name": "guidance"},
     "ldm_sampling_step": {"points": 2.0, "name": "sampling_step"},
+    "ldm_ddim_step": {"points": 2.0, "name": "ddim_step"},
     "ldm_sample": {"points": 3.0, "name": "sample_by_hand"},
 }
 
@@ -77,3 +78,21 @@ def test_ldm_sample(ns):
     sd = loop_cases(sd_like_pipeline(seed=1, latent_size=8), seeds=(21,), steps=(2,),
                     guidance_scales=(7.5,), kinds=("ddim",))
     _passes("sample_by_hand", fn, loop_reference, sd, LOOP_MISTAKES, FORBID_LOOP, atol=1e-4)
+
+
+def test_ldm_ddim_step(ns):
+    from p2p_lab.checks.ldm import DDIM_MISTAKES, ddim_cases, ddim_reference
+    from p2p_lab.ldm import abar_pair
+
+    fn = student_function(ns, "ddim_step")
+    cases = ddim_cases(seed=404, steps=(7, 30, 1000), shapes=((3, 4, 8, 8), (1, 4, 64, 64), (2, 4, 2, 2)))
+    forbidden = ("p2p_lab.ldm.ddim_step", "p2p_lab.ldm.ddim_inverse_step",
+                 "diffusers.schedulers.scheduling_ddim.DDIMScheduler.step")
+
+    def student(z_t, eps, t, scheduler):
+        abar_t, abar_prev = abar_pair(scheduler, t)
+        return call_student(fn, forbidden, z_t, eps, abar_t, abar_prev)
+
+    result = run_check("ddim_step", student, ddim_reference, cases, mistakes=DDIM_MISTAKES, atol=1e-4,
+                       rtol=1e-4, verbose=False)
+    assert result.passed, result.message
