@@ -4,7 +4,8 @@ Taught in notebook 05. Modules, one concept each: ``layers`` (which attention la
 ``processor`` (the attention processor and the context that installs it), ``align`` (words,
 tokens, mappers), ``schedule`` (tau and alpha), ``store`` (attention maps), ``controls`` (the
 edits), ``blend`` (local blend), ``cache`` (source caching), ``sampling`` (the loop, baselines),
-``edit`` (Prompt-to-Prompt itself), ``cli`` (``python -m p2p_lab edit``).
+``edit`` (Prompt-to-Prompt itself), ``inversion`` (a real image inverted for editing, notebook
+06: ``invert``, ``Inversion``), ``cli`` (``python -m p2p_lab edit``).
 """
 from .align import (global_alignment, refine_mapper, refine_matrix, replace_mapper,  # noqa: F401
                     token_indices, words_of)
@@ -12,6 +13,7 @@ from .blend import LocalBlend  # noqa: F401
 from .cache import SourceCache  # noqa: F401
 from .controls import EditPlan, build_plan  # noqa: F401
 from .edit import EditResult, edit  # noqa: F401
+from .inversion import METHODS as INVERSION_METHODS, Inversion, invert  # noqa: F401
 from ..unet_attention import AttentionHook, LayerInfo, attention_layers, hooked  # noqa: F401
 from ..ldm import fixed_seed  # noqa: F401  (the baseline of notebook 04)
 from .sampling import mask_blend, record_maps  # noqa: F401

@@ -1,7 +1,8 @@
 """Source caching: run the source branch once, reuse its attention and latents for many edits.
 
 Taught in notebook 05 (scrubbing tau re-runs only the targets). A SourceCache belongs to one
-source prompt, seed, step count, guidance scale, scheduler, latent size and UNet. It holds the
+source prompt, seed (or inversion of a real image, notebook 06), step count, guidance scale,
+scheduler, latent size and UNet. It holds the
 source's per-head queries and keys (not the probabilities: for SD's 64x64 self-attention they are
 4096 x 40 numbers per head instead of 4096 x 4096) for (layer, step) pairs and its latent after
 every step; the engine attends with them directly (see :class:`~p2p_lab.p2p.controls.EditControl`).
@@ -32,7 +33,7 @@ class RunKey:
     """What fixes the source branch."""
 
     source: str
-    seed: int
+    seed: int | None  # None: z_T comes from an inversion
     num_steps: int  # as asked
     loop_steps: int  # UNet calls of the sampling loop (PNDM's warm-up adds some)
     guidance_scale: float
@@ -41,6 +42,7 @@ class RunKey:
     dtype: str
     device: str
     unet_id: int
+    inversion: str | None = None  # the Inversion's key (p2p_lab.p2p.inversion), None for a generated source
 
 
 @dataclasses.dataclass
@@ -86,7 +88,7 @@ class SourceCache:
         diff = [f.name for f in dataclasses.fields(RunKey) if getattr(key, f.name) != getattr(self.key, f.name)]
         if diff:
             raise ValueError(f"this SourceCache was made for another source run (differs in {diff}); "
-                             f"pass cache=None or use the same source, seed, steps, guidance and scheduler")
+                             f"pass cache=None or use the same source, seed (or inversion), steps, guidance and scheduler")
 
     def clear(self) -> None:
         self.qk.clear(), self.latents.clear()

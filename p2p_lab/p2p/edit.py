@@ -4,6 +4,12 @@ Taught in notebook 05. The source and every target start from the same z_T and r
 in the target rows, cross-attention is edited as in :mod:`~p2p_lab.p2p.controls` and, within the
 self-attention window, self-attention takes the source's probabilities. A SourceCache lets later
 edits of the same source skip the source branch.
+
+A real image (notebook 06) is edited from its inversion (:func:`p2p_lab.p2p.inversion.invert`):
+every row starts from the inversion's z*_T instead of the seed's noise, is guided with the
+inversion's unconditional embedding (null-text's per-step u_i, negative-prompt's source
+embedding), and, for DirectInversion, the source row is put back on the inverted trajectory after
+every step; ``Inversion.start_latents``, ``uncond`` and ``source_pin`` say which.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import torch
 from .blend import BlendState, LocalBlend
 from .cache import RunKey, SourceCache
 from .controls import EditControl, build_plan
+from .inversion import Inversion
 from .options import strict_options
 from ..unet_attention import attention_layers, require_cross_attention
 from .align import refine_mapper
@@ -42,12 +49,12 @@ class EditResult:
         return self.images[1:]
 
 
-def run_key(pipe, source: str, run, loop_steps: int) -> RunKey:
+def run_key(pipe, source: str, run, loop_steps: int, inversion=None) -> RunKey:
     sch = pipe.scheduler
     p = next(pipe.unet.parameters())
-    return RunKey(source, run.seed, run.num_steps, loop_steps, run.guidance_scale,
+    return RunKey(source, run.seed if inversion is None else None, run.num_steps, loop_steps, run.guidance_scale,
                   f"{type(sch).__name__}{sorted(dict(sch.config).items())}", tuple(run.latent_hw),
-                  str(p.dtype), str(p.device), id(pipe.unet))
+                  str(p.dtype), str(p.device), id(pipe.unet), None if inversion is None else inversion.key)
 
 
 def _record_all_nbytes(pipe, layers, self_max_res, n_steps) -> int:
@@ -64,13 +71,14 @@ def _source_cache(key, layers, cache, self_max_res, record_all_nbytes: int) -> S
     return SourceCache(key, layers, self_max_res, record_all=record_all_nbytes <= CACHE_BUDGET_BYTES)
 
 
-def _latent_hook(cache, blend, from_cache):
-    """After each step: note the source's latent (or fetch it), then apply the local blend."""
+def _latent_hook(cache, blend, from_cache, pin=None):
+    """After each step: put the source back on an inverted trajectory (``pin(i)``: DirectInversion),
+    note the source's latent (or fetch it), then apply the local blend."""
     def on_step(i, z):
         if from_cache:
             src, tgt = cache.latents[i].to(z.device), z
         else:
-            src, tgt = z[:1], z[1:]
+            src, tgt = (z[:1] if pin is None else pin(i)), z[1:]
             cache.latents.append(src.detach().clone())
         if blend is not None:
             tgt = blend.apply(i, src, tgt)
@@ -83,7 +91,7 @@ def edit(pipe, source: str, targets, *, mode: str | None = None, cross_tau=0.8, 
          reweight: dict | None = None, local_blend=None, mapper: str = "copy", seed: int = 0,
          num_inference_steps: int | None = None, guidance_scale: float | None = None,
          cache: SourceCache | None = None, store=None, self_max_res: int = 16,
-         context_tau=None, progress: bool | None = None) -> EditResult:
+         context_tau=None, inversion=None, progress: bool | None = None) -> EditResult:
     """Edit the image of ``source`` into each of ``targets`` (Prompt-to-Prompt).
 
     mode: "replace" (word swap, also one word -> several), "refine" (phrase insertion by
@@ -101,14 +109,22 @@ def edit(pipe, source: str, targets, *, mode: str | None = None, cross_tau=0.8, 
     (the shipped model partly does) moves the object even when the attention maps are the
     source's. Not in the paper. None: the model's default (``p2p_lab.model.sampling_defaults``:
     0 for Stable Diffusion, as in the paper).
+    inversion: an :class:`~p2p_lab.p2p.inversion.Inversion` of a real image whose caption is
+    ``source`` (notebook 06): the rows start from its z*_T (``seed`` is not used) and the source row
+    reconstructs the image (``source_image``); steps and guidance default to the inversion's, and
+    other steps, guidance or scheduler than it was made for are an error.
     progress: a progress bar over the steps (default: on for Stable Diffusion, off for the shipped model).
     """
     targets = _prompt_list(targets)
     require_cross_attention(pipe.unet)
+    if inversion is not None:
+        if not isinstance(inversion, Inversion):
+            raise TypeError(f"inversion must be an Inversion (p2p.invert(...)), got {type(inversion).__name__}")
+        num_inference_steps, guidance_scale = inversion.check_edit(pipe, source, num_inference_steps, guidance_scale)
     run = resolve_run(pipe, seed, num_inference_steps, guidance_scale, progress)
     e = _prepare(pipe, source, targets, run, cache, store, context_tau, local_blend, dict(
         mode=mode, cross_tau=cross_tau, self_tau=self_tau, reweight=reweight, mapper=mapper,
-        self_max_res=self_max_res))
+        self_max_res=self_max_res), inversion)
     return _finish(pipe, e, _sample_targets(pipe, e, store))
 
 
@@ -125,6 +141,7 @@ class _Edit:
     rows: list[str]  # the prompts sampled: [source, *targets], or the targets when the source is cached
     cond: object  # None (each row's own embeddings) or a function step -> embeddings
     sig: "_Signature"
+    inversion: object = None  # an Inversion (a real image), or None (z_T from the seed)
 
     @property
     def n(self) -> int:
@@ -135,7 +152,8 @@ class _Edit:
         return self.control.from_cache
 
 
-def _prepare(pipe, source, targets, run, cache, store, context_tau, local_blend, plan_options) -> _Edit:
+def _prepare(pipe, source, targets, run, cache, store, context_tau, local_blend, plan_options,
+             inversion=None) -> _Edit:
     """The plan, the blend, the cache and the control of an edit; whether the source is cached."""
     layers = attention_layers(pipe, run.latent_hw)
     scheduler = ldm.fresh_scheduler(pipe, run.num_steps)
@@ -143,7 +161,7 @@ def _prepare(pipe, source, targets, run, cache, store, context_tau, local_blend,
     plan = build_plan(pipe.tokenizer, source, targets, num_steps=n, **plan_options)
     blend = _blend_state(local_blend, pipe.tokenizer, [source, *targets], layers, run.latent_hw, n)
     est = _record_all_nbytes(pipe, layers, plan.self_max_res, n)
-    cache = _source_cache(run_key(pipe, source, run, n), layers, cache, plan.self_max_res, est)
+    cache = _source_cache(run_key(pipe, source, run, n, inversion), layers, cache, plan.self_max_res, est)
     control = EditControl(plan, cache, False, store, blend, run.latent_hw)
     from_cache = control.from_cache = cache.covers(control.needs_source)
     rows = targets if from_cache else [source, *targets]
@@ -153,7 +171,7 @@ def _prepare(pipe, source, targets, run, cache, store, context_tau, local_blend,
         cache.views = len(rows) * (2 if run.cfg else 1) * est <= CACHE_BUDGET_BYTES
     cond, window = _context_schedule(pipe, source, targets, rows, context_tau, n, from_cache)
     return _Edit(source, targets, run, scheduler, cache, control, rows, cond,
-                 _Signature.of(plan, targets, window, n))
+                 _Signature.of(plan, targets, window, n), inversion)
 
 
 def _sample_targets(pipe, e: _Edit, store) -> torch.Tensor:
@@ -165,9 +183,12 @@ def _sample_targets(pipe, e: _Edit, store) -> torch.Tensor:
     if e.from_cache and store is None and e.control.blend is None and resumable:
         start = e.sig.resume_step(cache.trail)
         z_start = cache.trail.latents[start - 1] if start else None
+    inv = e.inversion
+    if inv is not None and not start:
+        z_start = inv.start_latents(pipe, len(e.rows))  # (rows, C, h, w): z*_T for every row
     cache.resumed_at = start if start else None
     trail = [None] * n
-    hook = _latent_hook(cache, e.control.blend, e.from_cache)
+    hook = _latent_hook(cache, e.control.blend, e.from_cache, None if inv is None else inv.source_pin(pipe))
 
     def on_step(i, z):
         z = hook(i, z)
@@ -176,7 +197,7 @@ def _sample_targets(pipe, e: _Edit, store) -> torch.Tensor:
         return z
 
     z0 = run_loop(pipe, e.rows, e.run, e.control, on_step, cond=e.cond, latents=z_start, start=start,
-                  scheduler=e.scheduler)
+                  scheduler=e.scheduler, uncond=None if inv is None else inv.uncond(pipe))
     if start == n:
         z0 = z_start
     if start:

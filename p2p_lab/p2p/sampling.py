@@ -57,13 +57,17 @@ def shared_noise(pipe, run: Run, n_rows: int, scheduler) -> torch.Tensor:
 
 
 def run_loop(pipe, prompts, run: Run, control=None, on_step=None, latents=None, cond=None,
-             start: int = 0, scheduler=None) -> torch.Tensor:
+             start: int = 0, scheduler=None, uncond=None) -> torch.Tensor:
     """Encode (unless ``cond`` is given), draw the shared z_T, denoise with ``control`` installed
     (:func:`p2p_lab.ldm.denoise`); returns z_0. ``on_step(i, z) -> z`` after each step.
-    ``scheduler``: a fresh one (:func:`p2p_lab.ldm.fresh_scheduler`), made if None."""
+    ``scheduler``: a fresh one (:func:`p2p_lab.ldm.fresh_scheduler`), made if None. ``uncond``:
+    the unconditional embedding (1, L, D) or a function of i (an inversion's); None: the empty prompt's."""
     sch = ldm.fresh_scheduler(pipe, run.num_steps) if scheduler is None else scheduler
     cond = ldm.encode_text(pipe, prompts) if cond is None else cond  # (n, L, D) or a function of i
-    uncond = ldm.encode_text(pipe, [""]) if run.cfg else None  # (1, L, D)
+    if not run.cfg:
+        uncond = None
+    elif uncond is None:
+        uncond = ldm.encode_text(pipe, [""])  # (1, L, D)
     z = shared_noise(pipe, run, len(prompts), sch) if latents is None else latents
     step = None if on_step is None else (lambda i, out: on_step(i, out.prev))
     return ldm.denoise(pipe, z, cond, uncond, sch, run.guidance_scale, control=control, on_step=step,
