@@ -77,6 +77,22 @@ def map_correlation(a, b) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
 
 
+def object_measures(image) -> dict:
+    """What re-weighting a word can change, read off a picture: the main object's ``radius`` and
+    ``area`` (pixels) and ``hue`` (degrees, of its mean colour), and the background's ``bg_hue``;
+    nan where no object is found."""
+    import colorsys
+
+    img = np.asarray(image, np.float64)
+    obj = main_object(img)
+    hue = lambda rgb: 360.0 * colorsys.rgb_to_hsv(*np.clip(rgb, 0, 1))[0]  # noqa: E731
+    if obj is None:
+        return {"radius": float("nan"), "area": float("nan"), "hue": float("nan"),
+                "bg_hue": hue(img.reshape(-1, 3).mean(0))}
+    return {"radius": float(obj.radius), "area": float(obj.mask.sum()), "hue": hue(img[obj.mask].mean(0)),
+            "bg_hue": hue(img[~obj.mask].mean(0))}
+
+
 def describe(image) -> str:
     """What the scorer reads, in two short lines: "red circle" / "on blue"."""
     r = _reading(image)

@@ -31,11 +31,11 @@ SD_V1_VOCAB = 49408  # CLIP's vocabulary size (the full-size stand-in's embeddin
 # Every word of the Stable Diffusion prompts in notebooks 02-06 (tests/test_sd_branch.py checks
 # that a notebook cannot add a word without adding it here).
 SD_WORDS = """
-a an the of on in at with and by eating riding sitting standing next to wearing
+a an the of on in at with and by my eating riding sitting standing next to wearing
 painting photograph photo picture watercolor oil sketch drawing portrait close up
 squirrel lion cat dog tabby horse astronaut bear rabbit tiger
 burger pizza apple cake bowl table chair sofa street beach forest field garden sky mountain
-fluffy big small red blue green yellow white black golden wooden old
+fluffy big small red blue green yellow white black golden wooden old orange
 """.split()
 SD_SPLIT_WORDS = ("quokka",)  # stays two tokens, as "turquoise" does in the shapes world
 

@@ -417,3 +417,13 @@ def test_edit_without_guidance(shipped_pipe):
     assert close(res.source_image, fixed_seed(shipped_pipe, S, **kw)[0])
     again = edit(shipped_pipe, S, T2, cross_tau=0.3, cache=res.cache, **kw)
     assert again.from_cache and close(again.images, edit(shipped_pipe, S, T2, cross_tau=0.3, **kw).images)
+
+
+def test_reweight_per_target_equals_one_edit_per_scale(shipped_pipe):
+    scales = [0.0, 2.0]
+    batch = edit(shipped_pipe, S, [S, S], reweight=[{"blue": c} for c in scales], **FAST)
+    for k, c in enumerate(scales):
+        one = edit(shipped_pipe, S, S, reweight={"blue": c}, **FAST)
+        assert close(batch.images[k + 1], one.images[1], 1e-4)
+    with pytest.raises(ValueError, match="one dict per target"):
+        edit(shipped_pipe, S, [S, S], reweight=[{"blue": 0.0}], **FAST)

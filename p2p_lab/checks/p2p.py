@@ -11,6 +11,7 @@ attention layers.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -20,6 +21,7 @@ from ..p2p.equations import reweight as _reweight
 from ._core import CheckResult, Mistake, run_check
 
 __all__ = ["check_edit_switch", "check_replace_mapper", "check_alpha_blend", "check_reweight",
+           "check_build_mapper", "check_alignment_table", "check_blend_mask", "check_map_recorder",
            "edit_switch", "apply_mapper", "alpha_blend", "reweight", "run_edit_switch"]
 
 
@@ -242,3 +244,262 @@ def run_edit_switch(pipe, source: str, target: str, edit_fn: Callable, tau: int,
     run = resolve_run(pipe, seed, num_inference_steps, guidance_scale)
     control = _SwitchControl(edit_fn, tau, scheduler_timesteps(pipe, run.num_steps), run.latent_hw)
     return decode(pipe, run_loop(pipe, [source, target], run, control))
+
+
+# ------------------------------------------------------------------ building the mapper M
+
+def _shapes_tokenizer():
+    from ..model import SHIPPED_MODEL
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(SHIPPED_MODEL / "tokenizer"))
+
+
+MAPPER_PROMPTS = [("a red circle on a blue background", "a yellow circle on a blue background"),
+                  ("a circle on a blue background", "a big triangle on a blue background"),
+                  ("a red circle on a blue background", "a turquoise circle on a blue background"),
+                  ("a big circle on a blue background", "a square on a blue background")]
+
+
+def mapper_cases(prompts=MAPPER_PROMPTS, tokenizer=None) -> list[dict]:
+    """Word-swap cases for ``build_mapper``: the word pairs, token counts and length of two real
+    prompts (the shipped model's tokenizer), each in both variants."""
+    from ..p2p.align import n_content_tokens, word_pairs
+
+    tok = tokenizer or _shapes_tokenizer()
+    cases = []
+    for source, target in prompts:
+        for variant in ("copy", "average"):
+            cases.append(dict(pairs=word_pairs(tok, source, target), n_source=n_content_tokens(tok, source),
+                              n_target=n_content_tokens(tok, target), length=tok.model_max_length,
+                              variant=variant, _prompts=(tok, source, target)))
+    return cases
+
+
+def _mapper_reference(pairs, n_source, n_target, length, variant, _prompts):
+    from ..p2p.align import replace_mapper
+
+    tok, source, target = _prompts
+    return replace_mapper(tok, source, target, variant)
+
+
+def _mapper_wrong(variant_rule=None, tail=True, start=True, transpose=False):
+    def compute(pairs, n_source, n_target, length, variant, _prompts):
+        M = torch.zeros(length, length)
+        for a, b in pairs:
+            v = variant_rule(variant) if variant_rule else variant
+            if len(a) == len(b):
+                M[a, b] = 1.0
+            else:
+                M[torch.tensor(a)[:, None], torch.tensor(b)[None, :]] = (
+                    1.0 / len(a) if v == "copy" else 1.0 / (len(a) * len(b)))
+        if start:
+            M[0, 0] = 1.0
+        for j in range(n_target + 1, length):
+            M[min(j + (n_source - n_target), length - 1) if tail else j, j] = 1.0
+        return M.T if transpose else M
+    return compute
+
+
+def check_build_mapper(fn: Callable) -> CheckResult:
+    """Check ``fn(pairs, n_source, n_target, length, variant)`` -> M (length, length) of a word swap,
+    against the engine's own mapper (``p2p_lab.p2p.replace_mapper``) for real prompts."""
+    def student(pairs, n_source, n_target, length, variant, _prompts):
+        return fn([(list(a), list(b)) for a, b in pairs], n_source, n_target, length, variant)
+
+    mistakes = (
+        Mistake("variants_swapped", _mapper_wrong(lambda v: "average" if v == "copy" else "copy"),
+                "copy and average are the other way round: 'copy' gives every target token of the group "
+                "the whole source map (weight 1 / a for a source tokens), 'average' shares it, 1 / (a b)"),
+        Mistake("no_tail_shift", _mapper_wrong(tail=False),
+                "the end token and the padding must follow the words: when the target has n_target "
+                "content tokens and the source n_source, target position j > n_target takes source "
+                "position j + (n_source - n_target) (capped at length - 1)"),
+        Mistake("no_start", _mapper_wrong(start=False),
+                "the start token (position 0) maps to the start token: M[0, 0] = 1"),
+        Mistake("transposed", _mapper_wrong(transpose=True),
+                "M[i, j] is the weight of SOURCE token i in TARGET token j (A_hat = A M): rows are the "
+                "source's positions, columns the target's; you built the transpose"),
+    )
+    return run_check("build_mapper", student, _mapper_reference, mapper_cases(), mistakes)
+
+
+# ------------------------------------------------------------------ the refine alignment
+
+def alignment_cases(seed: int = 0) -> list[dict]:
+    """Token-id sequences to align: an insertion, a deletion, a swap, unrelated sequences."""
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda n: torch.randint(0, 6, (n,), generator=g).tolist()  # noqa: E731
+    return [dict(a=[5, 7, 9, 11], b=[5, 7, 3, 9, 11], match=1.0, mismatch=-1.0, gap=0.0),
+            dict(a=[1, 2, 3, 4, 5], b=[1, 3, 4, 5], match=1.0, mismatch=-1.0, gap=0.0),
+            dict(a=[1, 2, 3], b=[1, 8, 3], match=1.0, mismatch=-1.0, gap=-0.5),
+            dict(a=rand(7), b=rand(9), match=2.0, mismatch=-1.0, gap=-1.0)]
+
+
+def _table_reference(a, b, match, mismatch, gap):
+    from ..p2p.align import alignment_table
+
+    return torch.tensor(alignment_table(a, b, match, mismatch, gap))
+
+
+def _table_wrong(border=True, mismatch_as_match=False, no_gaps=False):
+    def compute(a, b, match, mismatch, gap):
+        n, m = len(a), len(b)
+        F = torch.zeros(n + 1, m + 1, dtype=torch.float64)
+        if border:
+            F[:, 0] = torch.arange(n + 1) * gap
+            F[0, :] = torch.arange(m + 1) * gap
+        for i in range(1, n + 1):
+            for j in range(1, m + 1):
+                same = a[i - 1] == b[j - 1]
+                diag = F[i - 1, j - 1] + (match if same or mismatch_as_match else mismatch)
+                F[i, j] = diag if no_gaps else max(diag, F[i - 1, j] + gap, F[i, j - 1] + gap)
+        return F
+    return compute
+
+
+def check_alignment_table(fn: Callable) -> CheckResult:
+    """Check ``fn(a, b, match, mismatch, gap)`` -> Needleman-Wunsch's table F, (len(a) + 1, len(b) + 1)."""
+    def student(a, b, match, mismatch, gap):
+        return torch.as_tensor(fn(list(a), list(b), match, mismatch, gap), dtype=torch.float64)
+
+    mistakes = (
+        Mistake("no_border", _table_wrong(border=False),
+                "the first row and column are the cost of aligning against nothing: F[i][0] = i * gap, "
+                "F[0][j] = j * gap (zero only when gap = 0)"),
+        Mistake("mismatch_scored_as_match", _table_wrong(mismatch_as_match=True),
+                "the diagonal move adds `match` only when a[i-1] == b[j-1], `mismatch` otherwise"),
+        Mistake("diagonal_only", _table_wrong(no_gaps=True),
+                "take the best of three moves: diagonal (align a[i-1] with b[j-1]), up (a gap in b, "
+                "F[i-1][j] + gap) and left (a gap in a, F[i][j-1] + gap)"),
+    )
+    return run_check("alignment_table", student, _table_reference, alignment_cases(), mistakes, atol=1e-9)
+
+
+# ------------------------------------------------------------------ the local-blend mask
+
+def blend_cases(seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    cases = []
+    for rows, hw, dilate, threshold in ((2, (8, 8), 1, 0.3), (3, (16, 16), 2, 0.5), (2, (4, 6), 0, 0.2)):
+        maps = torch.rand(rows, 1, *hw, generator=g) ** 4  # peaked, like a word's map
+        cases.append(dict(maps=maps, dilate=dilate, threshold=threshold))
+    return cases
+
+
+def _blend_reference(maps, dilate, threshold):
+    from ..p2p.blend import word_mask
+
+    return word_mask(maps, dilate, threshold).double()
+
+
+def _blend_wrong(dilate_on=True, normalise=True, union=True):
+    def compute(maps, dilate, threshold):
+        import torch.nn.functional as F
+
+        m = F.max_pool2d(maps, 2 * dilate + 1, stride=1, padding=dilate) if dilate_on and dilate else maps
+        if normalise:
+            m = m / m.flatten(1).amax(1)[:, None, None, None]
+        m = m > threshold
+        return (m[1:] | m[:1] if union else m[1:]).double()
+    return compute
+
+
+def check_blend_mask(fn: Callable) -> CheckResult:
+    """Check ``fn(maps, dilate, threshold)`` -> the local blend's region, (rows - 1, 1, h, w) bool."""
+    def student(maps, dilate, threshold):
+        out = fn(maps.clone(), dilate, threshold)
+        return torch.as_tensor(out).double()
+
+    mistakes = (
+        Mistake("no_dilation", _blend_wrong(dilate_on=False),
+                "dilate first: a max-pool of size 2 * dilate + 1 with stride 1 and padding dilate grows "
+                "the region, so the new object's edge is not cut off"),
+        Mistake("no_normalisation", _blend_wrong(normalise=False),
+                "divide each map by its own maximum before thresholding: the threshold is a fraction of the peak"),
+        Mistake("target_only", _blend_wrong(union=False),
+                "a target's region is the union of its own map's region and the SOURCE's (row 0): the old "
+                "object's place must be repainted too"),
+    )
+    return run_check("blend_mask", student, _blend_reference, blend_cases(), mistakes, atol=0)
+
+
+# ------------------------------------------------------------------ an attention processor that records
+
+RECORDER_LAYER = "up_blocks.0.attentions.0.transformer_blocks.0.attn2"  # an 8x8 layer of the shipped model
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_pipe():
+    from ..model import load_pipeline
+
+    return load_pipeline(device="cpu")
+
+
+def _record_with(processor, pipe, layer: str, prompt: str, steps: int, seed: int):
+    """Sample with ``processor`` installed on one layer (diffusers' set_processor), then restore."""
+    from .. import ldm
+
+    module = pipe.unet.get_submodule(layer)
+    original = module.processor
+    module.set_processor(processor)
+    try:
+        return ldm.sample(pipe, prompt, seed, steps, 4.0, progress=False).images
+    finally:
+        module.set_processor(original)
+
+
+def check_map_recorder(recorder_cls, prompt: str = "a red circle on a blue background", steps: int = 4,
+                       seed: int = 0, forbidden: tuple = ()) -> CheckResult:
+    """Check an attention processor class: installed on one cross-attention layer of the shipped
+    model, it must leave the image as diffusers' default processor draws it and append, at every
+    call, the conditional rows' probabilities averaged over heads, (n_cond, n_pixels, n_tokens), to
+    ``self.maps``, equal to what the package's AttentionStore records for that layer and step.
+    ``forbidden``: package functions the processor may not call (the grader's hidden test)."""
+    import contextlib
+
+    from .. import ldm
+    from ..p2p import AttentionStore, record_maps
+
+    name, pipe = "map_recorder", _shipped_pipe()
+    try:
+        from ..grading import forbid
+
+        with forbid(*forbidden) if forbidden else contextlib.nullcontext():
+            rec = recorder_cls()
+            image = _record_with(rec, pipe, RECORDER_LAYER, prompt, steps, seed)
+    except NotImplementedError:
+        return _report(name, False, "not implemented yet: replace the `raise NotImplementedError` with your solution")
+    except Exception as err:  # noqa: BLE001 - the student's error is the message
+        return _report(name, False, f"your processor raised {type(err).__name__}: {err}")
+    plain = ldm.sample(pipe, prompt, seed, steps, 4.0, progress=False).images
+    if not torch.allclose(image, plain, atol=1e-4):
+        return _report(name, False, "hint: your processor changed the layer's output; return exactly what the "
+                                    "default computes: A V per head, heads merged (attn.batch_to_head_dim), then "
+                                    "attn.to_out[0] and attn.to_out[1]")
+    maps = getattr(rec, "maps", None)
+    if not isinstance(maps, list) or len(maps) != steps:
+        return _report(name, False, f"hint: append one map per call to self.maps (a list): the layer is called "
+                                    f"once per step, {steps} times here; got {type(maps).__name__} of length "
+                                    f"{len(maps) if hasattr(maps, '__len__') else '?'}")
+    store = AttentionStore(resolutions=None)
+    record_maps(pipe, [prompt], store, seed=seed, num_inference_steps=steps, guidance_scale=4.0)
+    for i, got in enumerate(maps):
+        want = store.sums[(RECORDER_LAYER, i)] / store.counts[(RECORDER_LAYER, i)]  # (1, n_pixels, n_tokens)
+        got = torch.as_tensor(got).detach().float().cpu()
+        if got.shape != want.shape:
+            hint = ("average over the heads (dim 1 of (batch, heads, n_pixels, n_tokens))" if got.dim() == 4
+                    else "keep the conditional rows only, probs[batch // 2:] (diffusers' batch is cat([uncond, cond]))"
+                    if got.shape[0] == 2 * want.shape[0] else f"expected shape {tuple(want.shape)}")
+            return _report(name, False, f"hint: the map of step {i} has shape {tuple(got.shape)}: {hint}")
+        if not torch.allclose(got, want, atol=1e-5):
+            return _report(name, False, f"hint: the map of step {i} differs from the store's by "
+                                        f"{(got - want).abs().max():.2g}: keep the CONDITIONAL half (the second), "
+                                        f"softmax(Q K^T / sqrt(d)) over the tokens, averaged over heads")
+    return _report(name, True, f"the image is unchanged and the {steps} maps equal the AttentionStore's")
+
+
+def _report(name: str, passed: bool, message: str) -> CheckResult:
+    result = CheckResult(name, passed, message)
+    print(result)
+    return result

@@ -142,6 +142,14 @@ def _replace_groups(src: list[Word], tgt: list[Word], source: str, target: str):
     return pairs + [([a], [b]) for a, b in zip(src[len(src) - s:], tgt[len(tgt) - s:])]
 
 
+def word_pairs(tokenizer, source: str, target: str) -> list[tuple[list[int], list[int]]]:
+    """The token positions of the words that correspond in a word swap: [(source positions, target
+    positions), ...], one pair per word (or per group of words swapped for one)."""
+    src, tgt = words_of(tokenizer, source), words_of(tokenizer, target)
+    return [([t for w in ws for t in w.tokens], [t for w in wt for t in w.tokens])
+            for ws, wt in _replace_groups(src, tgt, source, target)]
+
+
 def replace_mapper(tokenizer, source: str, target: str, variant: str = "copy") -> torch.Tensor:
     """Mapper M (n_tokens, n_tokens) of a word swap, A_hat = A M (notebook 05).
 
@@ -152,25 +160,27 @@ def replace_mapper(tokenizer, source: str, target: str, variant: str = "copy") -
     """
     if variant not in ("copy", "average"):
         raise ValueError(f"mapper variant {variant!r} is unknown; use 'copy' or 'average'")
-    src, tgt = words_of(tokenizer, source), words_of(tokenizer, target)
     L = tokenizer.model_max_length
     M = torch.zeros(L, L)  # (n_tokens source, n_tokens target)
-    for ws, wt in _replace_groups(src, tgt, source, target):
-        a = [t for w in ws for t in w.tokens]
-        b = [t for w in wt for t in w.tokens]
+    for a, b in word_pairs(tokenizer, source, target):
         if len(a) == len(b):
             M[a, b] = 1.0
         else:
             M[torch.tensor(a)[:, None], torch.tensor(b)[None, :]] = (
                 1.0 / len(a) if variant == "copy" else 1.0 / (len(a) * len(b)))
-    n_s, n_t = src[-1].tokens[-1] if src else 0, tgt[-1].tokens[-1] if tgt else 0
+    n_s, n_t = n_content_tokens(tokenizer, source), n_content_tokens(tokenizer, target)
     _tail(n_s, n_t, L, lambda i, j: M.__setitem__((i, j), 1.0))
     return M
 
 
-def global_alignment(a: list, b: list, match: float = 1.0, mismatch: float = -1.0,
-                     gap: float = 0.0) -> list[tuple[int | None, int | None]]:
-    """Needleman-Wunsch alignment of two sequences: pairs (i, j), None marking a gap."""
+def alignment_table(a: list, b: list, match: float = 1.0, mismatch: float = -1.0,
+                    gap: float = 0.0) -> list[list[float]]:
+    """Needleman-Wunsch's table F ((n + 1) x (m + 1)): F[i][j] is the best score of aligning the first
+    i items of ``a`` with the first j of ``b``,
+
+        F[i][0] = i gap,  F[0][j] = j gap,
+        F[i][j] = max(F[i-1][j-1] + (match if a[i-1] == b[j-1] else mismatch), F[i-1][j] + gap, F[i][j-1] + gap).
+    """
     n, m = len(a), len(b)
     F = [[0.0] * (m + 1) for _ in range(n + 1)]
     for i in range(1, n + 1):
@@ -181,6 +191,15 @@ def global_alignment(a: list, b: list, match: float = 1.0, mismatch: float = -1.
         for j in range(1, m + 1):
             diag = F[i - 1][j - 1] + (match if a[i - 1] == b[j - 1] else mismatch)
             F[i][j] = max(diag, F[i - 1][j] + gap, F[i][j - 1] + gap)
+    return F
+
+
+def global_alignment(a: list, b: list, match: float = 1.0, mismatch: float = -1.0,
+                     gap: float = 0.0) -> list[tuple[int | None, int | None]]:
+    """Needleman-Wunsch alignment of two sequences: pairs (i, j), None marking a gap; the table of
+    :func:`alignment_table`, traced back from its corner (matches first, then gaps in ``b``)."""
+    F = alignment_table(a, b, match, mismatch, gap)
+    n, m = len(a), len(b)
     pairs, i, j = [], n, m
     while i > 0 or j > 0:
         if i > 0 and j > 0 and F[i][j] == F[i - 1][j - 1] + (match if a[i - 1] == b[j - 1] else mismatch):

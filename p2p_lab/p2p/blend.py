@@ -50,6 +50,22 @@ def blend_resolutions(layers, latent_hw, chosen=None) -> set[int]:
     return mid or cross
 
 
+def word_mask(maps: torch.Tensor, dilate: int, threshold: float) -> torch.Tensor:
+    """The local blend's editable region from the words' maps (notebook 05).
+
+    maps: (rows, 1, h, w), each row's attention on the blended words (row 0 the source). Each map is
+    dilated (max-pooled over (2 dilate + 1)^2 latent pixels), divided by its maximum and thresholded;
+    a target's region is the union of its own and the source's (the old object's place and the
+    new one's). Returns (rows - 1, 1, h, w) bool.
+    """
+    m = maps
+    if dilate > 0:
+        m = F.max_pool2d(m, 2 * dilate + 1, stride=1, padding=dilate)
+    m = m / m.flatten(1).amax(1).clamp_min(1e-12)[:, None, None, None]
+    m = m > threshold
+    return m[1:] | m[:1]
+
+
 class BlendState:
     """Accumulates the words' maps during one step and blends the latents after it."""
 
@@ -87,13 +103,7 @@ class BlendState:
 
     def mask(self) -> torch.Tensor:
         """(rows - 1, 1, h, w) bool: union of the source's and each target's word region."""
-        m = self.acc / self.count
-        k = self.opts.dilate
-        if k > 0:
-            m = F.max_pool2d(m, 2 * k + 1, stride=1, padding=k)
-        m = m / m.flatten(1).amax(1).clamp_min(1e-12)[:, None, None, None]
-        m = m > self.opts.threshold
-        return m[1:] | m[:1]
+        return word_mask(self.acc / self.count, self.opts.dilate, self.opts.threshold)
 
     def apply(self, step, x_src, x_tgt):
         """x_src (1, C, h, w), x_tgt (T, C, h, w) -> blended targets."""

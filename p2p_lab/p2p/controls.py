@@ -102,13 +102,24 @@ def resolve_mode(tokenizer, source: str, target: str, mode: str | None) -> str:
     return mode
 
 
-def reweight_scales(tokenizer, targets: list[str], reweight: dict | None) -> torch.Tensor:
-    """(T, L) scales: ``reweight[word]`` on the word's tokens in each target that has the word."""
+def reweight_scales(tokenizer, targets: list[str], reweight) -> torch.Tensor:
+    """(T, L) scales: ``reweight[word]`` on the word's tokens in each target that has the word.
+
+    ``reweight``: {word: scale} for every target, or a list of such dicts, one per target (a sweep
+    over scales as one batch: ``edit(pipe, p, [p] * 3, reweight=[{w: 0}, {w: 1}, {w: 2}])``).
+    """
     w = torch.ones(len(targets), tokenizer.model_max_length)
     if reweight is None:
         return w
+    if isinstance(reweight, (list, tuple)):
+        if len(reweight) != len(targets):
+            raise ValueError(f"reweight as a list needs one dict per target: {len(reweight)} dicts for "
+                             f"{len(targets)} targets")
+        for k, (target, one) in enumerate(zip(targets, reweight)):
+            w[k] = reweight_scales(tokenizer, [target], one)[0]
+        return w
     if not isinstance(reweight, dict):
-        raise TypeError(f"reweight must be a dict {{word: scale}}, got {type(reweight).__name__}")
+        raise TypeError(f"reweight must be a dict {{word: scale}} (or one per target), got {type(reweight).__name__}")
     for word, scale in reweight.items():
         if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
             raise TypeError(f"reweight[{word!r}] must be a number (negative allowed), got {scale!r}")

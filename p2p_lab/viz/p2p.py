@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 __all__ = ["token_labels", "plot_images", "plot_edit_row", "plot_token_maps", "plot_mapper", "plot_prompt_mapper",
-           "plot_alpha", "plot_tau_sweep", "plot_edit_view", "plot_curve", "figure_to_png",
+           "plot_alpha", "plot_tau_sweep", "plot_edit_view", "plot_curve", "plot_panels", "figure_to_png",
            "figure_to_html"]
 
 from .attention import clean_token, plot_token_maps  # noqa: F401  (the one token-map figure)
@@ -200,6 +200,24 @@ def plot_curve(x: Sequence[float], ys: Mapping[str, Sequence[float]], xlabel: st
         ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
+    return fig
+
+
+def plot_panels(x: Sequence[float], ys: Mapping[str, Sequence[float]], xlabel: str,
+                ylabels: Mapping[str, str], title: str | None = None) -> Figure:
+    """One small panel per named series, each with its own y axis and unit (e.g. a re-weighted
+    word's effect against the scale c)."""
+    fig = Figure(figsize=(2.6 * len(ys), 2.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(ys)))
+    for ax, (name, y) in zip(axes, ys.items()):
+        ax.plot(list(x), list(y), marker="o")
+        ax.axhline(0, color="gray", lw=0.8)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(ylabels.get(name, ""), fontsize=8)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return fig
 
 

@@ -12,15 +12,27 @@ from p2p_lab.checks.p2p import _copy_mapper, _maps, alpha_blend, apply_mapper, e
 from p2p_lab.grading import call_student, student_function
 
 QUESTIONS = {
+    "p2p_map_recorder": {"points": 3.0, "name": "MapRecorder"},
     "p2p_edit_switch": {"points": 2.0, "name": "edit_switch"},
+    "p2p_build_mapper": {"points": 3.0, "name": "build_mapper"},
     "p2p_replace_mapper": {"points": 2.0, "name": "apply_mapper"},
     "p2p_alpha_blend": {"points": 2.0, "name": "alpha_blend"},
+    "p2p_alignment_table": {"points": 3.0, "name": "alignment_table"},
     "p2p_reweight": {"points": 2.0, "name": "reweight_attention"},
+    "p2p_blend_mask": {"points": 3.0, "name": "blend_mask"},
 }
 
 FORBID = ("p2p_lab.checks.p2p.edit_switch", "p2p_lab.checks.p2p.apply_mapper",
           "p2p_lab.checks.p2p.alpha_blend", "p2p_lab.checks.p2p.reweight",
+          "p2p_lab.p2p.equations.edit_switch", "p2p_lab.p2p.equations.apply_mapper",
+          "p2p_lab.p2p.equations.alpha_blend", "p2p_lab.p2p.equations.reweight",
+          "p2p_lab.p2p.equations.edited_maps",
           "p2p_lab.p2p.controls.EditPlan.edit_cross", "p2p_lab.p2p.edit.edit")
+FORBID_MAPPER = ("p2p_lab.p2p.align.replace_mapper", "p2p_lab.p2p.replace_mapper", "p2p_lab.p2p.edit.edit",
+                 "p2p_lab.p2p.controls.build_plan")
+FORBID_TABLE = ("p2p_lab.p2p.align.alignment_table", "p2p_lab.p2p.align.global_alignment",
+                "p2p_lab.p2p.align.refine_mapper", "p2p_lab.p2p.global_alignment")
+FORBID_BLEND = ("p2p_lab.p2p.blend.word_mask", "p2p_lab.p2p.blend.BlendState.mask")
 
 
 def _assert_passes(name, student, reference, cases, atol=1e-6):
@@ -103,3 +115,66 @@ def test_p2p_reweight(ns):
     _assert_passes("reweight_attention",
                    lambda A, token_indices, scale: call_student(fn, FORBID, A, list(token_indices), scale),
                    reweight, cases)
+
+
+def test_p2p_build_mapper(ns):
+    from p2p_lab.checks.p2p import _mapper_reference, mapper_cases
+    from p2p_lab.testing import sd_tokenizer
+
+    fn = student_function(ns, "build_mapper")
+    prompts = [("a red circle on a blue background", "a green circle on a blue background"),
+               ("a circle and a square", "a big red triangle and a square"),
+               ("a turquoise circle on a red background", "a yellow circle on a red background")]
+    cases = mapper_cases(prompts)
+    sd = [("A painting of a squirrel eating a burger", "A painting of a tabby cat eating a burger"),
+          ("A painting of a squirrel eating a burger", "A painting of a quokka eating a burger"),
+          ("a photograph of a cat sitting on a wooden table", "a photograph of a dog sitting on a wooden table")]
+    cases += mapper_cases(sd, sd_tokenizer())  # 77 tokens: the long padding tail
+
+    def student(pairs, n_source, n_target, length, variant, _prompts):
+        out = call_student(fn, FORBID_MAPPER, [(list(a), list(b)) for a, b in pairs], n_source, n_target,
+                           length, variant)
+        return torch.as_tensor(out, dtype=torch.float64)
+
+    _assert_passes("build_mapper", student, lambda **c: _mapper_reference(**c).double(), cases, atol=1e-6)
+
+
+def test_p2p_alignment_table(ns):
+    from p2p_lab.checks.p2p import _table_reference, alignment_cases
+
+    fn = student_function(ns, "alignment_table")
+    cases = alignment_cases(seed=31) + [dict(a=[], b=[1, 2], match=1.0, mismatch=-1.0, gap=-1.0),
+                                        dict(a=[3, 3, 3], b=[3], match=1.0, mismatch=-2.0, gap=-0.25),
+                                        dict(a=list(range(12)), b=list(range(3, 15)), match=1.0, mismatch=-1.0, gap=0.0)]
+
+    def student(a, b, match, mismatch, gap):
+        return torch.as_tensor(call_student(fn, FORBID_TABLE, list(a), list(b), match, mismatch, gap),
+                               dtype=torch.float64)
+
+    _assert_passes("alignment_table", student, _table_reference, cases, atol=1e-9)
+
+
+def test_p2p_blend_mask(ns):
+    from p2p_lab.checks.p2p import _blend_reference, blend_cases
+
+    fn = student_function(ns, "blend_mask")
+    g = torch.Generator().manual_seed(77)
+    cases = blend_cases(seed=5) + [dict(maps=torch.rand(4, 1, 16, 16, generator=g) ** 3, dilate=3, threshold=0.6),
+                                   dict(maps=torch.rand(2, 1, 64, 64, generator=g), dilate=1, threshold=0.9)]
+
+    def student(maps, dilate, threshold):
+        return torch.as_tensor(call_student(fn, FORBID_BLEND, maps.clone(), dilate, threshold)).double()
+
+    _assert_passes("blend_mask", student, _blend_reference, cases, atol=0)
+
+
+def test_p2p_map_recorder(ns):
+    from p2p_lab.checks.p2p import check_map_recorder
+
+    cls = student_function(ns, "MapRecorder")
+    forbidden = ("p2p_lab.unet_attention.attention_probs", "p2p_lab.unet_attention.attend_all",
+                 "p2p_lab.attention._LayerRecorder", "p2p_lab.p2p.record_maps")
+    for prompt, steps, seed in (("a big green triangle on a yellow background", 5, 3),
+                                ("a small blue square on a red background", 3, 11)):
+        result = check_map_recorder(cls, prompt, steps, seed, forbidden=forbidden)
+        assert result.passed, result.message
