@@ -240,17 +240,33 @@ def _hidden():
     return module
 
 
+def reverse_right(x_t, t, eps_pred, sched, z, variance="posterior"):
+    var = (1 - sched.abar[t - 1]) / (1 - sched.abar[t]) * sched.beta[t] if variance == "posterior" else sched.beta[t]
+    return mean_right(x_t, t, eps_pred, sched) + var.sqrt() * z
+
+
+def test_reverse_step_check_passes_a_right_solution_and_names_mistakes():
+    assert checks.check_reverse_step(reverse_right).passed
+    beta = checks.check_reverse_step(lambda **c: reverse_right(**c, variance="beta"))
+    assert not beta.passed and beta.mistake == "beta_variance", beta.message
+    plain = checks.check_reverse_step(lambda x_t, t, eps_pred, sched, z: mean_right(x_t, t, eps_pred, sched))
+    assert plain.mistake == "no_noise", plain.message
+
+
 RIGHT = {"q_sample": q_right, "posterior_coefficients": post_right, "x0_from_eps": x0_right,
-         "mean_from_eps": mean_right, "ddpm_loss": loss_right}
+         "mean_from_eps": mean_right, "ddpm_reverse_step": reverse_right, "ddpm_loss": loss_right}
 
 
+@pytest.mark.forbidding  # the hidden tests build their blocked lists from the public checks' lists
 def test_hidden_tests_pass_right_solutions():
     hidden = _hidden()
     assert set(hidden.QUESTIONS) == set(RIGHT)
+    ns = {spec["name"]: RIGHT[q] for q, spec in hidden.QUESTIONS.items()}  # the notebook's names
     for question in hidden.QUESTIONS:
-        getattr(hidden, f"test_{question}")(dict(RIGHT))
+        getattr(hidden, f"test_{question}")(ns)
 
 
+@pytest.mark.forbidding
 def test_hidden_tests_fail_wrong_and_borrowed_solutions():
     from p2p_lab import ddpm
     from p2p_lab.grading import ForbiddenCall
@@ -258,15 +274,18 @@ def test_hidden_tests_fail_wrong_and_borrowed_solutions():
     hidden = _hidden()
     wrong = {"q_sample": Q_WRONG["slides_noise_without_sqrt"], "posterior_coefficients": _slides,
              "x0_from_eps": X0_WRONG["slides_formula"], "mean_from_eps": MEAN_WRONG["abar_for_alpha_outside"],
+             "ddpm_reverse_step": lambda **c: reverse_right(**c, variance="beta"),
              "ddpm_loss": lambda **c: loss_right(**c, reduce="sum")}
     borrowed = {"q_sample": ddpm.q_sample, "posterior_coefficients": ddpm.posterior_coefficients,
                 "x0_from_eps": ddpm.x0_from_eps, "mean_from_eps": ddpm.mean_from_eps,
+                "ddpm_reverse_step": lambda x_t, t, eps_pred, sched, z: ddpm.reverse_step(x_t, t, eps_pred, sched, noise=z),
                 "ddpm_loss": ddpm.ddpm_loss}
     for question in hidden.QUESTIONS:
         test = getattr(hidden, f"test_{question}")
+        name = hidden.QUESTIONS[question]["name"]
         with pytest.raises(AssertionError):
-            test({question: wrong[question]})
+            test({name: wrong[question]})
         with pytest.raises((AssertionError, ForbiddenCall)):
-            test({question: borrowed[question]})
+            test({name: borrowed[question]})
     with pytest.raises(AssertionError, match="does not define"):
         hidden.test_q_sample({})

@@ -60,12 +60,15 @@ def _close(a, b, atol: float, rtol: float) -> tuple[bool, float]:
 
 def run_check(name: str, student: Callable, reference: Callable, cases: list[dict],
               mistakes: tuple[Mistake, ...] = (), atol: float = 1e-5, rtol: float = 1e-4,
-              verbose: bool = True) -> CheckResult:
+              verbose: bool = True, forbidden: tuple[str, ...] = ()) -> CheckResult:
     """Compare ``student(**case)`` with ``reference(**case)`` on every case; explain a mismatch.
 
     Unpacks tuple outputs: the student must return the same structure as the reference.
+    ``forbidden``: dotted names of the package's (or a library's) own implementation of what the
+    exercise asks; the student's function runs with them blocked, and a call fails the check at
+    once with a message that says so (the grader's hidden tests block the same functions).
     """
-    result = _run(name, student, reference, cases, mistakes, atol, rtol)
+    result = _run(name, student, reference, cases, mistakes, atol, rtol, forbidden)
     if verbose:
         print(result)
     return result
@@ -75,14 +78,28 @@ def _flatten(x):
     return list(x) if isinstance(x, (tuple, list)) else [x]
 
 
-def _run(name, student, reference, cases, mistakes, atol, rtol) -> CheckResult:
+def _call(student, case: dict, forbidden: tuple[str, ...]):
+    args = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in case.items()}
+    if not forbidden:
+        return student(**args)
+    from ..grading import forbid
+
+    with forbid(*forbidden):
+        return student(**args)
+
+
+def _run(name, student, reference, cases, mistakes, atol, rtol, forbidden=()) -> CheckResult:
+    from ..grading import ForbiddenCall
+
     if not callable(student):
         return CheckResult(name, False, f"expected a function, got {type(student).__name__}")
     worst = 0.0
     for i, case in enumerate(cases):
         want = _flatten(reference(**case))
         try:
-            got = student(**{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in case.items()})
+            got = _call(student, case, forbidden)
+        except ForbiddenCall as err:
+            return CheckResult(name, False, f"your function {err} (the graded version blocks that call)")
         except NotImplementedError:
             return CheckResult(name, False, "not implemented yet: replace the `raise NotImplementedError` "
                                             "with your solution and run the cell again")

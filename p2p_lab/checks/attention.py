@@ -22,6 +22,21 @@ __all__ = ["check_attention", "check_multi_head_attention", "check_cross_attenti
            "token_maps_cases", "ATTENTION_MISTAKES", "MULTI_HEAD_MISTAKES",
            "CROSS_ATTENTION_MISTAKES", "TOKEN_MAPS_MISTAKES"]
 
+# The package's (and torch's) own implementations of what notebooks 01-02 ask: blocked while a
+# student's function runs, in the public checks and in the grader's hidden tests.
+FORBIDDEN = (
+    "torch.nn.functional.scaled_dot_product_attention",
+    "torch.nn.functional.multi_head_attention_forward",
+    "torch.nn.MultiheadAttention.forward",
+    "p2p_lab.attention.scaled_dot_product_attention",
+    "p2p_lab.attention.self_attention",
+    "p2p_lab.attention.cross_attention",
+    "p2p_lab.attention.multi_head_attention",
+    "p2p_lab.attention.token_maps",
+    "p2p_lab.attention.CrossAttentionRecord.maps",
+)
+
+
 
 def _randn(gen, *shape, scale=1.0):
     return torch.randn(*shape, generator=gen) * scale
@@ -84,7 +99,7 @@ def attention_reference(Q, K, V):
 def check_attention(fn):
     """Notebook 01: ``fn(Q, K, V)`` must return ``(softmax(Q K^T / sqrt(d_k)) V, weights)``."""
     return run_check("attention", fn, attention_reference, attention_cases(),
-                     mistakes=ATTENTION_MISTAKES)
+                     mistakes=ATTENTION_MISTAKES, forbidden=FORBIDDEN)
 
 
 # --- notebook 01, exercise 2: multi_head_attention(X, W_q, W_k, W_v, W_o, heads) --------------
@@ -147,7 +162,7 @@ def multi_head_reference(X, W_q, W_k, W_v, W_o, heads):
 def check_multi_head_attention(fn):
     """Notebook 01: ``fn(X, W_q, W_k, W_v, W_o, heads)`` -> ``(output, weights per head)``."""
     return run_check("multi_head_attention", fn, multi_head_reference, multi_head_cases(),
-                     mistakes=MULTI_HEAD_MISTAKES)
+                     mistakes=MULTI_HEAD_MISTAKES, forbidden=FORBIDDEN)
 
 
 # --- notebook 02, exercise 1: cross_attention(Y, X, W_q, W_k, W_v) -----------------------------
@@ -195,7 +210,7 @@ def cross_attention_reference(Y, X, W_q, W_k, W_v):
 def check_cross_attention(fn):
     """Notebook 02: ``fn(Y, X, W_q, W_k, W_v)`` -> ``(output (n x d_v), weights (n x m))``."""
     return run_check("cross_attention", fn, cross_attention_reference, cross_attention_cases(),
-                     mistakes=CROSS_ATTENTION_MISTAKES)
+                     mistakes=CROSS_ATTENTION_MISTAKES, forbidden=FORBIDDEN)
 
 
 # --- notebook 02, exercise 2: token_maps(probs, height, width) --------------------------------
@@ -228,4 +243,4 @@ def token_maps_cases(seed: int = 0, shapes=((2, 4, 4, 5), (4, 2, 3, 6), (1, 8, 8
 
 def check_token_maps(fn):
     """Notebook 02: ``fn(probs (heads, pixels, tokens), height, width)`` -> (tokens, height, width)."""
-    return run_check("token_maps", fn, ref.token_maps, token_maps_cases(), mistakes=TOKEN_MAPS_MISTAKES)
+    return run_check("token_maps", fn, ref.token_maps, token_maps_cases(), mistakes=TOKEN_MAPS_MISTAKES, forbidden=FORBIDDEN)

@@ -15,6 +15,19 @@ from ._core import Mistake, run_check
 __all__ = ["check_q_sample", "check_posterior_coefficients", "check_x0_from_eps",
            "check_mean_from_eps", "check_reverse_step", "check_ddpm_loss"]
 
+# The package's (and diffusers') own implementations of what notebook 03 asks, per exercise:
+# blocked while a student's function runs, in the public checks and in the grader's hidden tests.
+FORBIDDEN = {
+    "q_sample": ("p2p_lab.ddpm.q_sample", "diffusers.DDPMScheduler.add_noise"),
+    "posterior_coefficients": ("p2p_lab.ddpm.posterior_coefficients",),
+    "x0_from_eps": ("p2p_lab.ddpm.x0_from_eps", "diffusers.DDPMScheduler.step"),
+    "mean_from_eps": ("p2p_lab.ddpm.mean_from_eps", "p2p_lab.ddpm.posterior_mean", "p2p_lab.ddpm.reverse_step",
+                      "diffusers.DDPMScheduler.step"),
+    "reverse_step": ("p2p_lab.ddpm.reverse_step", "p2p_lab.ddpm.sample_chain", "diffusers.DDPMScheduler.step"),
+    "ddpm_loss": ("p2p_lab.ddpm.ddpm_loss", "p2p_lab.ddpm.training_loss"),
+}
+
+
 
 def _tab(sched, t, x, shift=0, table="abar"):
     """sched.<table>[t + shift] broadcast against x (what a solution with that index computes)."""
@@ -114,7 +127,7 @@ Q_SAMPLE_MISTAKES = (
 def check_q_sample(fn, cases=None):
     """Exercise 1: ``q_sample(x_0, t, eps, sched)`` -> x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps."""
     cases = cases or _rename(sample_cases(1), "x_0")
-    return run_check("q_sample", fn, q_sample_reference, cases, Q_SAMPLE_MISTAKES)
+    return run_check("q_sample", fn, q_sample_reference, cases, Q_SAMPLE_MISTAKES, forbidden=FORBIDDEN["q_sample"])
 
 
 # ---------------------------------------------------------------- 2. posterior (Property 2)
@@ -167,7 +180,7 @@ POSTERIOR_MISTAKES = (
 def check_posterior_coefficients(fn, cases=None):
     """Exercise 2: ``posterior_coefficients(t, sched)`` -> (coef_x0, coef_xt, var) of q(x_{t-1} | x_t, x_0)."""
     return run_check("posterior_coefficients", fn, posterior_reference, cases or posterior_cases(),
-                     POSTERIOR_MISTAKES)
+                     POSTERIOR_MISTAKES, forbidden=FORBIDDEN["posterior_coefficients"])
 
 
 # ---------------------------------------------------------------- 3. x_0 from eps
@@ -202,7 +215,7 @@ X0_MISTAKES = (
 
 def check_x0_from_eps(fn, cases=None):
     """Exercise 3: ``x0_from_eps(x_t, t, eps, sched)`` -> (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
-    return run_check("x0_from_eps", fn, x0_reference, cases or _rename(sample_cases(2), "x_t"), X0_MISTAKES)
+    return run_check("x0_from_eps", fn, x0_reference, cases or _rename(sample_cases(2), "x_t"), X0_MISTAKES, forbidden=FORBIDDEN["x0_from_eps"])
 
 
 # ---------------------------------------------------------------- 4. eps-parameterised mean (Property 3)
@@ -242,7 +255,7 @@ MEAN_MISTAKES = (
 
 def check_mean_from_eps(fn, cases=None):
     """Exercise 4: ``mean_from_eps(x_t, t, eps, sched)`` -> (x_t - (1 - alpha_t)/sqrt(1 - abar_t) eps) / sqrt(alpha_t)."""
-    return run_check("mean_from_eps", fn, mean_reference, cases or _rename(sample_cases(3), "x_t"), MEAN_MISTAKES)
+    return run_check("mean_from_eps", fn, mean_reference, cases or _rename(sample_cases(3), "x_t"), MEAN_MISTAKES, forbidden=FORBIDDEN["mean_from_eps"])
 
 
 # ---------------------------------------------------------------- 5. the loss of Algorithm 1
@@ -281,7 +294,7 @@ LOSS_MISTAKES = (
 
 def check_ddpm_loss(fn, cases=None):
     """Exercise 6: ``ddpm_loss(eps_model, x_0, t, eps, sched)`` -> mean (eps - eps_model(x_t, t))^2."""
-    return run_check("ddpm_loss", fn, loss_reference, cases or loss_cases(4), LOSS_MISTAKES)
+    return run_check("ddpm_loss", fn, loss_reference, cases or loss_cases(4), LOSS_MISTAKES, forbidden=FORBIDDEN["ddpm_loss"])
 
 
 # ---------------------------------------------------------------- the reverse (ancestral) step
@@ -332,4 +345,4 @@ REVERSE_MISTAKES = (
 
 def check_reverse_step(fn, cases=None):
     """Exercise 5: ``reverse_step(x_t, t, eps_pred, sched, z)`` -> x_{t-1} = mu_theta(x_t, t) + sigma_t z."""
-    return run_check("reverse_step", fn, reverse_reference, cases or reverse_cases(), REVERSE_MISTAKES)
+    return run_check("reverse_step", fn, reverse_reference, cases or reverse_cases(), REVERSE_MISTAKES, forbidden=FORBIDDEN["reverse_step"])

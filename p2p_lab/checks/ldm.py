@@ -16,6 +16,20 @@ from ._core import Mistake, run_check
 
 __all__ = ["check_guidance", "check_ddim_step", "check_sampling_step", "check_sample"]
 
+_PIPELINE_CALL = "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.StableDiffusionPipeline.__call__"
+# The package's (and diffusers') own implementations of what notebook 04 asks, per exercise:
+# blocked while a student's function runs, in the public checks and in the grader's hidden tests.
+FORBIDDEN = {
+    "guidance": ("p2p_lab.ldm.guidance", "p2p_lab.ldm.guided_eps"),
+    "ddim_step": ("p2p_lab.ldm.ddim_step", "p2p_lab.ldm.ddim_inverse_step",
+                  "diffusers.schedulers.scheduling_ddim.DDIMScheduler.step"),
+    "sampling_step": ("p2p_lab.ldm.sampling_step", "p2p_lab.ldm.denoise_step", "p2p_lab.ldm.guided_eps",
+                      "p2p_lab.ldm.sample"),
+    "sample": ("p2p_lab.ldm.sample", "p2p_lab.ldm.denoise", "p2p_lab.ldm.decode", "p2p_lab.ldm.initial_latents",
+               _PIPELINE_CALL),
+}
+
+
 
 # ---------------------------------------------------------------- the DDIM step (no model needed)
 
@@ -76,7 +90,7 @@ def check_ddim_step(fn):
         abar_t, abar_prev = abar_pair(scheduler, t)
         return fn(z_t.clone(), eps.clone(), abar_t.clone(), abar_prev.clone())
 
-    return run_check("ddim_step", student, ddim_reference, ddim_cases(), DDIM_MISTAKES, atol=1e-5)
+    return run_check("ddim_step", student, ddim_reference, ddim_cases(), DDIM_MISTAKES, atol=1e-5, forbidden=FORBIDDEN["ddim_step"])
 
 
 # ---------------------------------------------------------------- a tiny pipeline for checks
@@ -145,7 +159,7 @@ def check_guidance(fn):
     from ..ldm import guidance
 
     return run_check("guidance", fn, guidance, _guidance_cases(), GUIDANCE_MISTAKES,
-                     atol=1e-6, rtol=1e-5)
+                     atol=1e-6, rtol=1e-5, forbidden=FORBIDDEN["guidance"])
 
 
 # ---------------------------------------------------------------- 2. one sampling step
@@ -231,7 +245,7 @@ def check_sampling_step(fn):
     ``embeddings`` is ``cat([uncond, cond])``; cases use DDIM and Euler.
     """
     return run_check("sampling_step", fn, _step_reference, step_cases(), STEP_MISTAKES,
-                     atol=1e-4, rtol=1e-4)
+                     atol=1e-4, rtol=1e-4, forbidden=FORBIDDEN["sampling_step"])
 
 
 # ---------------------------------------------------------------- 3. the sampling loop
@@ -298,4 +312,4 @@ LOOP_MISTAKES = (
 
 def check_sample(fn):
     """``fn(pipe, prompt, seed, num_inference_steps, guidance_scale)`` -> images (b, 3, H, W) in [0, 1]."""
-    return run_check("sample", fn, loop_reference, loop_cases(), LOOP_MISTAKES, atol=1e-4, rtol=1e-4)
+    return run_check("sample", fn, loop_reference, loop_cases(), LOOP_MISTAKES, atol=1e-4, rtol=1e-4, forbidden=FORBIDDEN["sample"])

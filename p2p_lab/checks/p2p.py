@@ -24,6 +24,23 @@ __all__ = ["check_edit_switch", "check_replace_mapper", "check_alpha_blend", "ch
            "check_build_mapper", "check_alignment_table", "check_blend_mask", "check_map_recorder",
            "edit_switch", "apply_mapper", "alpha_blend", "reweight", "run_edit_switch"]
 
+# The package's own implementations of what notebook 05 asks, per exercise: blocked while a
+# student's function runs, in the public checks and in the grader's hidden tests.
+_EQ = "p2p_lab.p2p.equations."
+FORBIDDEN = {
+    "edit_switch": (_EQ + "edit_switch",),
+    "apply_mapper": (_EQ + "apply_mapper", _EQ + "edited_maps"),
+    "alpha_blend": (_EQ + "alpha_blend", _EQ + "edited_maps"),
+    "reweight_attention": (_EQ + "reweight", _EQ + "edited_maps"),
+    "build_mapper": ("p2p_lab.p2p.align.replace_mapper", "p2p_lab.p2p.controls.build_plan"),
+    "alignment_table": ("p2p_lab.p2p.align.alignment_table", "p2p_lab.p2p.align.global_alignment",
+                        "p2p_lab.p2p.align.refine_mapper"),
+    "blend_mask": ("p2p_lab.p2p.blend.word_mask", "p2p_lab.p2p.blend.BlendState.mask"),
+    "MapRecorder": ("p2p_lab.unet_attention.attention_probs", "p2p_lab.unet_attention.attend_all",
+                    "p2p_lab.attention.record_cross_attention", "p2p_lab.p2p.record_maps"),
+}
+
+
 
 # ------------------------------------------------------------------ references: the engine's own equations
 
@@ -92,7 +109,7 @@ def check_edit_switch(fn: Callable) -> CheckResult:
         Mistake("boundary", wrong(lambda t, tau: t <= tau),
                 "off at t == tau: Edit returns A*_t only for t strictly below tau, A_t at t == tau"),
     )
-    return run_check("Edit(A_t, A*_t, t)", student, ref, _switch_cases(), mistakes)
+    return run_check("Edit(A_t, A*_t, t)", student, ref, _switch_cases(), mistakes, forbidden=FORBIDDEN["edit_switch"])
 
 
 # ------------------------------------------------------------------ the replacement mapper
@@ -121,7 +138,7 @@ def check_replace_mapper(fn: Callable) -> CheckResult:
         Mistake("elementwise", lambda A, M: A * torch.diagonal(M),
                 "A_hat = A M is a matrix product over the token axis, not an element-wise product"),
     )
-    return run_check("A_hat = A M", fn, apply_mapper, _mapper_cases(), mistakes)
+    return run_check("A_hat = A M", fn, apply_mapper, _mapper_cases(), mistakes, forbidden=FORBIDDEN["apply_mapper"])
 
 
 # ------------------------------------------------------------------ the alpha blend
@@ -151,7 +168,7 @@ def check_alpha_blend(fn: Callable) -> CheckResult:
                 "don't renormalise after blending: the formula is the plain weighted sum"),
     )
     return run_check("alpha (.) A_hat + (1 - alpha) (.) A*", fn, alpha_blend, _alpha_cases(),
-                     mistakes)
+                     mistakes, forbidden=FORBIDDEN["alpha_blend"])
 
 
 # ------------------------------------------------------------------ re-weighting
@@ -195,7 +212,7 @@ def check_reweight(fn: Callable) -> CheckResult:
         Mistake("every_column", lambda A, token_indices, scale: A * scale,
                 "you scaled every column: only the listed tokens' columns change"),
     )
-    return run_check("re-weighting", fn, reweight, _reweight_cases(), mistakes)
+    return run_check("re-weighting", fn, reweight, _reweight_cases(), mistakes, forbidden=FORBIDDEN["reweight_attention"])
 
 
 # ------------------------------------------------------------------ Algorithm 1 with your switch
@@ -321,7 +338,7 @@ def check_build_mapper(fn: Callable) -> CheckResult:
                 "M[i, j] is the weight of SOURCE token i in TARGET token j (A_hat = A M): rows are the "
                 "source's positions, columns the target's; you built the transpose"),
     )
-    return run_check("build_mapper", student, _mapper_reference, mapper_cases(), mistakes)
+    return run_check("build_mapper", student, _mapper_reference, mapper_cases(), mistakes, forbidden=FORBIDDEN["build_mapper"])
 
 
 # ------------------------------------------------------------------ the refine alignment
@@ -373,7 +390,7 @@ def check_alignment_table(fn: Callable) -> CheckResult:
                 "take the best of three moves: diagonal (align a[i-1] with b[j-1]), up (a gap in b, "
                 "F[i-1][j] + gap) and left (a gap in a, F[i][j-1] + gap)"),
     )
-    return run_check("alignment_table", student, _table_reference, alignment_cases(), mistakes, atol=1e-9)
+    return run_check("alignment_table", student, _table_reference, alignment_cases(), mistakes, atol=1e-9, forbidden=FORBIDDEN["alignment_table"])
 
 
 # ------------------------------------------------------------------ the local-blend mask
@@ -421,7 +438,7 @@ def check_blend_mask(fn: Callable) -> CheckResult:
                 "a target's region is the union of its own map's region and the SOURCE's (row 0): the old "
                 "object's place must be repainted too"),
     )
-    return run_check("blend_mask", student, _blend_reference, blend_cases(), mistakes, atol=0)
+    return run_check("blend_mask", student, _blend_reference, blend_cases(), mistakes, atol=0, forbidden=FORBIDDEN["blend_mask"])
 
 
 # ------------------------------------------------------------------ an attention processor that records
@@ -450,26 +467,29 @@ def _record_with(processor, pipe, layer: str, prompt: str, steps: int, seed: int
 
 
 def check_map_recorder(recorder_cls, prompt: str = "a red circle on a blue background", steps: int = 4,
-                       seed: int = 0, forbidden: tuple = ()) -> CheckResult:
+                       seed: int = 0, forbidden: tuple | None = None) -> CheckResult:
     """Check an attention processor class: installed on one cross-attention layer of the shipped
     model, it must leave the image as diffusers' default processor draws it and append, at every
     call, the conditional rows' probabilities averaged over heads, (n_cond, n_pixels, n_tokens), to
     ``self.maps``, equal to what the package's AttentionStore records for that layer and step.
-    ``forbidden``: package functions the processor may not call (the grader's hidden test)."""
+    ``forbidden``: package functions the processor may not call (default: ``FORBIDDEN["MapRecorder"]``)."""
     import contextlib
 
     from .. import ldm
     from ..p2p import AttentionStore, record_maps
 
     name, pipe = "map_recorder", _shipped_pipe()
+    forbidden = FORBIDDEN["MapRecorder"] if forbidden is None else forbidden
     try:
-        from ..grading import forbid
+        from ..grading import ForbiddenCall, forbid
 
         with forbid(*forbidden) if forbidden else contextlib.nullcontext():
             rec = recorder_cls()
             image = _record_with(rec, pipe, RECORDER_LAYER, prompt, steps, seed)
     except NotImplementedError:
         return _report(name, False, "not implemented yet: replace the `raise NotImplementedError` with your solution")
+    except ForbiddenCall as err:
+        return _report(name, False, f"your processor {err} (the graded version blocks that call)")
     except Exception as err:  # noqa: BLE001 - the student's error is the message
         return _report(name, False, f"your processor raised {type(err).__name__}: {err}")
     plain = ldm.sample(pipe, prompt, seed, steps, 4.0, progress=False).images

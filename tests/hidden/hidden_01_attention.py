@@ -14,15 +14,7 @@ QUESTIONS = {
     "multi_head_attention": {"points": 2.0, "name": "multi_head_attention"},
 }
 
-FORBIDDEN = (
-    "torch.nn.functional.scaled_dot_product_attention",
-    "torch.nn.functional.multi_head_attention_forward",
-    "torch.nn.MultiheadAttention.forward",
-    "p2p_lab.attention.scaled_dot_product_attention",
-    "p2p_lab.attention.self_attention",
-    "p2p_lab.attention.cross_attention",
-    "p2p_lab.attention.multi_head_attention",
-)
+from p2p_lab.checks.attention import FORBIDDEN  # noqa: E402  (the public checks block the same calls)
 
 
 def _passes(name, fn, reference, cases, mistakes, forbidden, atol=1e-5):

@@ -16,17 +16,7 @@ QUESTIONS = {
     "token_maps": {"points": 2.0, "name": "token_maps"},
 }
 
-FORBIDDEN = (
-    "torch.nn.functional.scaled_dot_product_attention",
-    "torch.nn.functional.multi_head_attention_forward",
-    "torch.nn.MultiheadAttention.forward",
-    "p2p_lab.attention.scaled_dot_product_attention",
-    "p2p_lab.attention.self_attention",
-    "p2p_lab.attention.cross_attention",
-    "p2p_lab.attention.multi_head_attention",
-    "p2p_lab.attention.token_maps",
-    "p2p_lab.attention.CrossAttentionRecord.maps",
-)
+from p2p_lab.checks.attention import FORBIDDEN  # noqa: E402  (the public checks block the same calls)
 
 
 def _passes(name, fn, reference, cases, mistakes, atol=1e-5):

@@ -9,6 +9,7 @@ import torch
 
 from p2p_lab import ddpm
 from p2p_lab.checks._core import run_check
+from p2p_lab.checks.ddpm import FORBIDDEN as PUBLIC
 from p2p_lab.checks.ddpm import (LOSS_MISTAKES, MEAN_MISTAKES, POSTERIOR_MISTAKES, Q_SAMPLE_MISTAKES,
                                  REVERSE_MISTAKES, X0_MISTAKES, _ToyEpsModel, loss_reference,
                                  mean_reference, posterior_reference, q_sample_reference,
@@ -25,16 +26,14 @@ QUESTIONS = {
 }
 
 _CHECKS = "p2p_lab.checks.ddpm."
-FORBIDDEN = {
-    "q_sample": ("p2p_lab.ddpm.q_sample", _CHECKS + "q_sample_reference", "diffusers.DDPMScheduler.add_noise"),
-    "posterior_coefficients": ("p2p_lab.ddpm.posterior_coefficients", _CHECKS + "posterior_reference"),
-    "x0_from_eps": ("p2p_lab.ddpm.x0_from_eps", _CHECKS + "x0_reference", "diffusers.DDPMScheduler.step"),
-    "mean_from_eps": ("p2p_lab.ddpm.mean_from_eps", "p2p_lab.ddpm.posterior_mean", "p2p_lab.ddpm.reverse_step",
-                      _CHECKS + "mean_reference", "diffusers.DDPMScheduler.step"),
-    "ddpm_reverse_step": ("p2p_lab.ddpm.reverse_step", "p2p_lab.ddpm.sample_chain", _CHECKS + "reverse_reference",
-                          "diffusers.DDPMScheduler.step"),
-    "ddpm_loss": ("p2p_lab.ddpm.ddpm_loss", "p2p_lab.ddpm.training_loss", _CHECKS + "loss_reference"),
-}
+# what the public checks block, plus the checks' own references
+FORBIDDEN = {q: PUBLIC[name] + (_CHECKS + ref,) for q, name, ref in (
+    ("q_sample", "q_sample", "q_sample_reference"),
+    ("posterior_coefficients", "posterior_coefficients", "posterior_reference"),
+    ("x0_from_eps", "x0_from_eps", "x0_reference"),
+    ("mean_from_eps", "mean_from_eps", "mean_reference"),
+    ("ddpm_reverse_step", "reverse_step", "reverse_reference"),
+    ("ddpm_loss", "ddpm_loss", "loss_reference"))}
 
 
 def _schedules():

@@ -18,13 +18,9 @@ QUESTIONS = {
     "ldm_sample": {"points": 3.0, "name": "sample_by_hand"},
 }
 
-_PIPELINE_CALL = ("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion."
-                  "StableDiffusionPipeline.__call__")
-FORBID_GUIDANCE = ("p2p_lab.ldm.guidance", "p2p_lab.ldm.guided_eps")
-FORBID_STEP = ("p2p_lab.ldm.sampling_step", "p2p_lab.ldm.denoise_step", "p2p_lab.ldm.guided_eps",
-               "p2p_lab.ldm.sample")
-FORBID_LOOP = ("p2p_lab.ldm.sample", "p2p_lab.ldm.decode", "p2p_lab.ldm.initial_latents",
-               _PIPELINE_CALL)
+from p2p_lab.checks.ldm import FORBIDDEN  # noqa: E402  (the public checks block the same calls)
+
+FORBID_GUIDANCE, FORBID_STEP, FORBID_LOOP = FORBIDDEN["guidance"], FORBIDDEN["sampling_step"], FORBIDDEN["sample"]
 
 
 def _passes(name, fn, reference, cases, mistakes, forbidden, atol):
@@ -86,8 +82,7 @@ def test_ldm_ddim_step(ns):
 
     fn = student_function(ns, "ddim_step")
     cases = ddim_cases(seed=404, steps=(7, 30, 1000), shapes=((3, 4, 8, 8), (1, 4, 64, 64), (2, 4, 2, 2)))
-    forbidden = ("p2p_lab.ldm.ddim_step", "p2p_lab.ldm.ddim_inverse_step",
-                 "diffusers.schedulers.scheduling_ddim.DDIMScheduler.step")
+    forbidden = FORBIDDEN["ddim_step"]
 
     def student(z_t, eps, t, scheduler):
         abar_t, abar_prev = abar_pair(scheduler, t)

@@ -22,17 +22,16 @@ QUESTIONS = {
     "p2p_blend_mask": {"points": 3.0, "name": "blend_mask"},
 }
 
-FORBID = ("p2p_lab.checks.p2p.edit_switch", "p2p_lab.checks.p2p.apply_mapper",
-          "p2p_lab.checks.p2p.alpha_blend", "p2p_lab.checks.p2p.reweight",
-          "p2p_lab.p2p.equations.edit_switch", "p2p_lab.p2p.equations.apply_mapper",
-          "p2p_lab.p2p.equations.alpha_blend", "p2p_lab.p2p.equations.reweight",
-          "p2p_lab.p2p.equations.edited_maps",
-          "p2p_lab.p2p.controls.EditPlan.edit_cross", "p2p_lab.p2p.edit.edit")
-FORBID_MAPPER = ("p2p_lab.p2p.align.replace_mapper", "p2p_lab.p2p.replace_mapper", "p2p_lab.p2p.edit.edit",
-                 "p2p_lab.p2p.controls.build_plan")
-FORBID_TABLE = ("p2p_lab.p2p.align.alignment_table", "p2p_lab.p2p.align.global_alignment",
-                "p2p_lab.p2p.align.refine_mapper", "p2p_lab.p2p.global_alignment")
-FORBID_BLEND = ("p2p_lab.p2p.blend.word_mask", "p2p_lab.p2p.blend.BlendState.mask")
+from p2p_lab.checks.p2p import FORBIDDEN as PUBLIC  # noqa: E402  (the public checks block the same calls)
+
+# the public lists, plus the checks' own references and the engine's edit
+FORBID = tuple(dict.fromkeys(PUBLIC["edit_switch"] + PUBLIC["apply_mapper"] + PUBLIC["alpha_blend"]
+                             + PUBLIC["reweight_attention"] + (
+    "p2p_lab.checks.p2p.edit_switch", "p2p_lab.checks.p2p.apply_mapper", "p2p_lab.checks.p2p.alpha_blend",
+    "p2p_lab.checks.p2p.reweight", "p2p_lab.p2p.controls.EditPlan.edit_cross", "p2p_lab.p2p.edit.edit")))
+FORBID_MAPPER = PUBLIC["build_mapper"] + ("p2p_lab.p2p.edit.edit",)
+FORBID_TABLE = PUBLIC["alignment_table"]
+FORBID_BLEND = PUBLIC["blend_mask"]
 
 
 def _assert_passes(name, student, reference, cases, atol=1e-6):
@@ -172,8 +171,7 @@ def test_p2p_map_recorder(ns):
     from p2p_lab.checks.p2p import check_map_recorder
 
     cls = student_function(ns, "MapRecorder")
-    forbidden = ("p2p_lab.unet_attention.attention_probs", "p2p_lab.unet_attention.attend_all",
-                 "p2p_lab.attention._LayerRecorder", "p2p_lab.p2p.record_maps")
+    forbidden = PUBLIC["MapRecorder"] + ("p2p_lab.attention._LayerRecorder",)
     for prompt, steps, seed in (("a big green triangle on a yellow background", 5, 3),
                                 ("a small blue square on a red background", 3, 11)):
         result = check_map_recorder(cls, prompt, steps, seed, forbidden=forbidden)
