@@ -54,11 +54,13 @@ KEYS = ("edit_success", "centroid_shift_px", "bg_psnr_db", "bg_psnr_vs_source_db
 PIE_BENCH_ORDER = ("direct", "null-text", "negative-prompt", "ddim")
 
 
-def make_scene(k: int, seed: int = 0) -> shapes.Scene:
-    """Scene k: shape k % 3, colour k % 7, size, place and background from the world's priors."""
-    rng = np.random.default_rng(10_000 * seed + k)
-    return shapes.sample_scene(rng, shape=shapes.SHAPES[k % len(shapes.SHAPES)],
-                               color=list(shapes.COLORS)[k % len(shapes.COLORS)])
+def make_scene(k: int, seed: int = 0) -> tuple[shapes.Scene, dict[str, str]]:
+    """Scene k (shape k % 3, colour k % 7, size, place and background from the world's priors) and
+    its edits' targets (:func:`swap_targets`), drawn from one random stream per scene."""
+    rng = np.random.default_rng([seed, k])
+    scene = shapes.sample_scene(rng, shape=shapes.SHAPES[k % len(shapes.SHAPES)],
+                                color=list(shapes.COLORS)[k % len(shapes.COLORS)])
+    return scene, swap_targets(scene, rng)
 
 
 def swap_targets(scene: shapes.Scene, rng: np.random.Generator) -> dict[str, str]:
@@ -99,10 +101,9 @@ def run_scene(pipe, k: int, args) -> dict:
     from p2p_lab import ldm
     from p2p_lab.p2p import edit, invert
 
-    scene = make_scene(k, args.seed)
+    scene, targets = make_scene(k, args.seed)
     x = shapes.render(scene)[0].astype(np.float32) / 255  # (32, 32, 3)
     source = shapes.caption(scene)
-    targets = swap_targets(scene, np.random.default_rng(k))
     src_obj = shapes.read_image(x).objects[0]
     run = dict(num_inference_steps=args.steps, guidance_scale=args.guidance)
     taus = dict(cross_tau=args.cross_tau, self_tau=args.self_tau, context_tau=args.context_tau)
@@ -144,8 +145,9 @@ def drift_sweep(pipe, args) -> list[dict]:
         for inverse in ("1", "w") if w != 1 else ("1",):
             recon, below, drift = [], [], []
             for k in range(args.drift_scenes):
-                x = shapes.render(make_scene(k, args.seed))[0].astype(np.float32) / 255
-                inv = invert(pipe, x, shapes.caption(make_scene(k, args.seed)), "ddim", args.steps, w,
+                scene = make_scene(k, args.seed)[0]
+                x = shapes.render(scene)[0].astype(np.float32) / 255
+                inv = invert(pipe, x, shapes.caption(scene), "ddim", args.steps, w,
                              inverse_guidance=1.0 if inverse == "1" else w)
                 rec, ae = inv.reconstruction(pipe), inv.autoencoded(pipe)
                 recon.append(psnr(x, rec)), below.append(psnr(x, ae) - psnr(x, rec))
@@ -238,7 +240,7 @@ def parse(argv=None):
 
 
 def coverage(n: int, seed: int) -> dict:
-    scenes = [make_scene(k, seed) for k in range(n)]
+    scenes = [make_scene(k, seed)[0] for k in range(n)]
     count = lambda values: {v: values.count(v) for v in sorted(set(values))}  # noqa: E731
     return {"shapes": count([s.objects[0].shape for s in scenes]), "colors": count([s.objects[0].color for s in scenes]),
             "backgrounds": count([s.background for s in scenes]), "sizes": count([s.objects[0].size for s in scenes])}

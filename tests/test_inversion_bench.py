@@ -22,22 +22,30 @@ def ev():
 
 
 def test_scenes_cover_the_world_and_targets_swap_one_word(ev):
-    scenes = [ev.make_scene(k) for k in range(21)]
+    drawn = [ev.make_scene(k) for k in range(21)]
+    scenes = [scene for scene, _ in drawn]
     pairs = {(s.objects[0].shape, s.objects[0].color) for s in scenes}
     assert len(pairs) == 21  # every shape with every colour
     assert all(s.background != s.objects[0].color for s in scenes)
     cov = ev.coverage(105, 0)
     assert set(cov["shapes"]) == set(shapes.SHAPES) and set(cov["colors"]) == set(shapes.COLORS)
     assert len(cov["backgrounds"]) >= 5 and set(cov["colors"].values()) == {15}
-    for k, scene in enumerate(scenes):
+    for scene, targets in drawn:
         src = shapes.parse_caption(shapes.caption(scene))
-        for kind, target in ev.swap_targets(scene, np.random.default_rng(k)).items():
+        for kind, target in targets.items():
             t = shapes.parse_caption(target)
             changed = {"color": t["objects"][0]["color"] != src["objects"][0]["color"],
                        "shape": t["objects"][0]["shape"] != src["objects"][0]["shape"],
                        "background": t["background"] != src["background"]}
             assert [key for key, c in changed.items() if c] == [kind], (kind, target)
             assert t["background"] != t["objects"][0]["color"]
+    # scenes and targets from one stream per scene: the new colour is uniform over the allowed
+    # ones (a second stream seeded alike correlated them with the scene's own draws)
+    swaps = [shapes.parse_caption(targets["color"]) for _, targets in map(ev.make_scene, range(700))]
+    new = [(t["objects"][0]["color"], t["background"]) for t in swaps]
+    counts = np.unique([c for c, _ in new], return_counts=True)[1]
+    assert len(counts) == 7 and counts.min() > 70 and counts.max() < 130
+    assert len(set(new)) == 7 * 6  # every new colour on every other background
 
 
 def test_scoring_against_the_input(ev):

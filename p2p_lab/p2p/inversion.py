@@ -21,21 +21,22 @@ steps. Reconstructing or editing at the edit's guidance w != w_inv drifts away f
 The four methods (``method=``), all sampled back from z_T = z*_T:
 
 * ``"ddim"``: nothing more; u is the empty prompt's embedding. Drifts with w (and with w_inv).
-* ``"null-text"`` (Mokady et al. 2022): per step i, from the sampled-back z_bar_t (z_bar_T = z*_T),
+* ``"null-text"`` (Mokady et al. 2022, arXiv 2211.09794): per step i, from the sampled-back z_bar_t (z_bar_T = z*_T),
   Adam on the null embedding u_i (starting from u_{i-1}; u_{-1} = the empty prompt's embedding):
   ``u_i = argmin_u || DDIM(z_bar_t, eps_u + w (eps_c - eps_u)) - z*_prev ||^2``, at most
   ``num_inner_steps`` steps, stopped early below ``early_stop + 2e-5 i`` (the official code), then
   ``z_bar_prev = DDIM(z_bar_t, eps with u_i)``. Every row of an edit (source and targets) is guided
   with u_i at step i.
-* ``"negative-prompt"`` (Miyake et al. 2023): u = c, the source prompt's own embedding, for every
+* ``"negative-prompt"`` (Miyake et al. 2023, arXiv 2305.16807): u = c, the source prompt's own embedding, for every
   row. For the source row ``eps = eps_c + w (eps_c - eps_c) = eps_c`` at every w: its
   reconstruction is the w = 1 sampling, which undoes the w = 1 inversion up to the small-step error.
   No optimisation.
-* ``"direct"`` (DirectInversion, Ju et al. 2024): after every step the source row is put back on
+* ``"direct"`` (DirectInversion of PnP Inversion, Ju et al. 2024, arXiv 2310.01506): after every step the source row is put back on
   the trajectory, ``z_prev <- z_prev + (z*_prev - z_prev) = z*_prev`` ("add back the
   difference"); its attention at every step is thus the attention at z*_t, which the target rows
-  receive. The targets run as usual (u = the empty prompt's embedding). No optimisation; the
-  reconstruction is the autoencoder's own, D(z*_0).
+  receive. The targets run as usual (u = the empty prompt's embedding). No optimisation (the
+  paper precomputes the differences in one more guided pass; putting the row back is the same
+  and needs none); the reconstruction is the autoencoder's own, D(z*_0).
 
 :func:`invert` returns an :class:`Inversion`; ``p2p.edit(pipe, prompt, targets, inversion=inv)``
 edits it with every edit option (its ``source_image`` is the reconstruction). An inversion is made
