@@ -18,7 +18,7 @@ assumption:
 Prints one line per notebook and a JSON object as the last line. The full-size folder (2 GB) is
 written to ``runs/`` (outside git) on first use. Takes tens of minutes on 2 CPU cores.
 
-    python benchmarks/sd_fullsize.py [--steps 2] [--notebooks 02 04 05]
+    python benchmarks/sd_fullsize.py [--steps 2] [--notebooks 02 04 05 06]
 """
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def run_notebook(name: str, model: Path, env: dict, work: Path) -> list[dict]:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=2, help="sampling steps of the full-size memory run")
-    ap.add_argument("--notebooks", nargs="+", default=["02", "04", "05"])
+    ap.add_argument("--notebooks", nargs="+", default=["02", "04", "05", "06"])
     ap.add_argument("--folder", default=str(ROOT / "runs" / "sd-v1-fullsize-standin"))
     ap.add_argument("--dtype", default="bfloat16")
     args = ap.parse_args(argv)

@@ -59,8 +59,8 @@ def _public_checks_unblocked(request, monkeypatch):
     tests marked ``forbidding`` (which test the block itself)."""
     if not request.module.__name__.startswith("test_checks_") or request.node.get_closest_marker("forbidding"):
         return
-    from p2p_lab.checks import attention, ddpm, ldm, p2p
+    from p2p_lab.checks import attention, ddpm, inversion, ldm, p2p
 
     monkeypatch.setattr(attention, "FORBIDDEN", ())
-    for module in (ddpm, ldm, p2p):
+    for module in (ddpm, ldm, p2p, inversion):
         monkeypatch.setattr(module, "FORBIDDEN", {name: () for name in module.FORBIDDEN})

@@ -17,7 +17,7 @@ from p2p_lab.testing import (SD_SPLIT_WORDS, execute_notebook, notebook_warnings
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
-SD_NOTEBOOKS = ["02_cross_attention", "04_ldm_sampling", "05_prompt_to_prompt"]
+SD_NOTEBOOKS = ["02_cross_attention", "04_ldm_sampling", "05_prompt_to_prompt", "06_real_images"]
 
 
 @pytest.fixture(scope="module")

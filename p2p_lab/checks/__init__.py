@@ -9,3 +9,4 @@ from .p2p import *  # noqa: F401,F403
 from .attention import *  # noqa: F401,F403
 from .ddpm import *  # noqa: F401,F403
 from .ldm import *  # noqa: F401,F403
+from .inversion import *  # noqa: F401,F403
