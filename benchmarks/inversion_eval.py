@@ -168,7 +168,7 @@ def aggregate(rows: list[dict], methods) -> dict:
         edits = [e for p in per for e in p["edits"].values()]
         s = mean(edits, KEYS)
         rec = float(np.mean([p["recon_psnr_db"] for p in per]))
-        s.update(recon_psnr_db=round(rec, 3), recon_below_ceiling_db=round(ceiling - rec, 3),
+        s.update(recon_psnr_db=round(rec, 3), recon_below_ceiling_db=round(ceiling - rec, 3) + 0.0,  # no -0.0
                  recon_psnr_vs_autoencoder_db=round(float(np.mean([p["recon_psnr_vs_autoencoder_db"] for p in per])), 3),
                  seconds_inversion=round(float(np.mean([p["seconds_inversion"] for p in per])), 4),
                  seconds_inversion_edit=round(float(np.mean([p["seconds_inversion_edit"] for p in per])), 4),
