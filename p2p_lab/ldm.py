@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import operator
 
 import numpy as np
 import torch
@@ -71,7 +72,20 @@ def fresh_scheduler(pipe, num_inference_steps: int):
     original = getattr(pipe, "scheduler", pipe)
     scheduler = type(original).from_config(original.config)
     device = pipe_device(pipe) if hasattr(pipe, "unet") else None
-    scheduler.set_timesteps(num_inference_steps, device=device)
+    T = scheduler.config.num_train_timesteps
+    try:
+        n = None if isinstance(num_inference_steps, bool) else operator.index(num_inference_steps)
+    except TypeError:
+        n = None
+    if n is None or not 1 <= n <= T:
+        raise ValueError(f"the number of sampling steps must be a whole number from 1 to {T} (the "
+                         f"model's training steps), got {num_inference_steps!r}")
+    scheduler.set_timesteps(n, device=device)
+    if int(scheduler.timesteps.max()) >= T:  # 'leading' spacing with steps_offset 1 at n = T
+        raise ValueError(f"{num_inference_steps} steps ask this scheduler for timestep "
+                         f"{int(scheduler.timesteps.max())}, past the last trained one ({T - 1}): its "
+                         f"steps_offset shifts every timestep by {scheduler.config.get('steps_offset', 0)}; use at "
+                         f"most {T - 1} steps")
     return scheduler
 
 

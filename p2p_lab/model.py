@@ -347,11 +347,6 @@ def model_kind(pipe) -> str:
         f"{MODEL_ENV}={SD_V1}.")
 
 
-def is_shapes_model(pipe) -> bool:
-    """True for a shapes-world pipeline (16-token prompts), False for Stable Diffusion and others."""
-    return pipe.tokenizer.model_max_length == ModelConfig.max_length
-
-
 def describe_model(pipe) -> str:
     """One line for a notebook's model cell: which model, why, image size, device and dtype."""
     choice = getattr(pipe, "p2p_lab_choice", None)

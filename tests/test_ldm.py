@@ -1,6 +1,7 @@
 """p2p_lab.ldm against diffusers itself: the hand-written loop reproduces pipe(...)."""
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -258,3 +259,23 @@ def test_ddim_step_is_diffusers_ddim_and_the_inverse_undoes_it(shipped_pipe):
         theirs = sch.step(eps, t, z, eta=0.0).prev_sample
         assert torch.allclose(ours, theirs, atol=1e-5)
         assert torch.allclose(ldm.ddim_inverse_step(sch, ours, eps, t), z, atol=1e-4)
+
+
+def test_fresh_scheduler_refuses_step_counts_past_the_schedule(shipped_pipe):
+    # SD's scheduler config ('leading' spacing, steps_offset 1) at n = 1000 asks diffusers for
+    # timestep 1000, which its own DDIM step cannot index (alphas_cumprod has 1000 entries)
+    from diffusers import DDIMScheduler
+
+    sch = DDIMScheduler.from_config(shipped_pipe.scheduler.config)
+    sch.set_timesteps(1000)
+    with pytest.raises(IndexError):
+        sch.step(torch.zeros(1, 4, 2, 2), sch.timesteps[0], torch.zeros(1, 4, 2, 2))
+    with pytest.raises(ValueError, match="at most 999 steps"):
+        ldm.fresh_scheduler(shipped_pipe, 1000)
+    for bad in (0, -3, 2.5, True, "20", 1001):
+        with pytest.raises(ValueError, match="whole number from 1 to 1000"):
+            ldm.fresh_scheduler(shipped_pipe, bad)
+    ours = ldm.fresh_scheduler(shipped_pipe, np.int64(999))
+    theirs = DDIMScheduler.from_config(shipped_pipe.scheduler.config)
+    theirs.set_timesteps(999)
+    assert torch.equal(ours.timesteps, theirs.timesteps) and int(ours.timesteps[0]) == 999

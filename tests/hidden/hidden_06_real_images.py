@@ -21,7 +21,7 @@ def test_inv_ddim_inverse_step(ns):
     from p2p_lab import ldm
 
     fn = student_function(ns, "ddim_inverse_step")
-    cases = inversion_cases(seed=606, steps=(5, 40, 1000), shapes=((3, 4, 8, 8), (1, 4, 64, 64), (2, 4, 2, 2)))
+    cases = inversion_cases(seed=606, steps=(5, 40, 999), shapes=((3, 4, 8, 8), (1, 4, 64, 64), (2, 4, 2, 2)))
 
     def student(z_prev, eps, abar_t, abar_prev, _scheduler, _t):
         return call_student(fn, FORBIDDEN["ddim_inverse_step"], z_prev, eps, abar_t, abar_prev)
