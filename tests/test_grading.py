@@ -339,6 +339,63 @@ def test_infinite_loops_cost_only_their_question(hostile):
     assert "took longer than" in r["output"]  # the looping cell
 
 
+# --- a broken exercise is paid for once: later cells calling it cost what they cost when it raises --
+
+CALLS = ["assert add(1, 2) == 3", "print([add(i, i) for i in range(3)])", "z = add(5, 5)",
+         "print(add(0, 1))"]  # later cells calling the exercise (a check, then demos)
+BROKEN_ADD = {
+    "raising": "def add(a, b):\n    raise RuntimeError('boom')",
+    "hanging": "def add(a, b):\n    while True:\n        pass",
+    "exiting": "def add(a, b):\n    import os\n    os._exit(1)",
+    "swallowing": "def add(a, b):\n    while True:\n        try:\n            while True:\n"
+                  "                pass\n        except BaseException:\n            pass",
+}
+BUSY = "while True:\n    add(1, 2)"  # a cell looping over a fast function: the cell is stopped, not `add`
+
+
+@pytest.fixture(scope="module")
+def broken(hostile):
+    """The same 7-cell notebook with ``add`` correct and broken (each later cell calls it), graded
+    one after the other (not side by side: a looping cell holds a core); -> {name: results}."""
+    _, root = hostile
+    folder = root / "broken"
+    folder.mkdir()
+    results = {}
+    for name in ["good", *BROKEN_ADD, "busy"]:
+        cells = [BROKEN_ADD.get(name, ADD), *([BUSY] if name == "busy" else []), *CALLS, MUL, NEG]
+        path = _notebook(folder / f"{name}.ipynb", cells, "synthetic")
+        results[name] = grading.grade_notebook(path, root / "hidden", FAST)
+    return results
+
+
+def test_a_broken_exercise_is_paid_for_once(broken):
+    """Raising, hanging or exiting: however many later cells call the broken function, it costs at
+    most one cell limit and one rerun (its time: benchmarks/grading_cost.py). Before, each later
+    call of a hanging function waited for its own cell limit (and the hidden test for its own), and
+    each later call of an exiting one killed the process again, until the reruns ran out."""
+    results = broken
+    for name in ("good", "busy", *BROKEN_ADD):
+        want = {"add": 0.0 if name in BROKEN_ADD else 1.0, "mul": 2.0, "neg": 1.0}
+        assert _scores(results[name]) == want, (name, results[name])  # scored question by question
+    logs = {name: r["output"] for name, r in results.items()}
+    # a slow cell calling a fast function is stopped itself, and the function is not
+    assert logs["busy"].count("took longer than") == 1 and "FunctionStopped" not in logs["busy"], logs["busy"]
+    outputs = {name: {t["name"].split(":")[0]: t["output"] for t in r["tests"]}
+               for name, r in results.items()}
+    assert "RuntimeError: boom" in outputs["raising"]["add"]
+    assert "took longer than" not in logs["raising"] and "run again" not in logs["raising"]
+    for name in ("hanging", "swallowing"):
+        assert "in one call and was stopped at the 4 s limit of cell 1" in outputs[name]["add"], outputs[name]
+        assert "fails at once" in outputs[name]["add"]
+    assert "ended the grading process (os._exit) in cell 1" in outputs["exiting"]["add"]
+    # the hanging call costs the checking cell's limit; the three later calls fail at once
+    hanging = logs["hanging"]
+    assert hanging.count("took longer than") == 1 and "cell 1 took longer than" in hanging, hanging
+    assert hanging.count("FunctionStopped") == 3 and "run again" not in hanging, hanging
+    for name in ("exiting", "swallowing"):  # one rerun, with `add` failing at once in it
+        assert logs[name].count("run again without it") == 1, logs[name]
+
+
 def test_cheating_loses_only_its_question(hostile):
     results, _ = hostile
     r = results["cheat"]

@@ -16,6 +16,19 @@
 * :func:`forbid` is what hidden tests wrap student calls in, so that calling the package's own
   implementation of the very thing asked fails with :class:`ForbiddenCall`.
 
+What a broken submission costs: about what a correct one does, however many later cells call the
+broken function (the public check, then demos that use it), so that a class's submissions stay
+within Gradescope's time-out. A raising function costs nothing extra: each cell calling it raises at
+once and the others go on. A function whose same call is still running at half a cell's (or a hidden
+test's) limit and at the limit is *stopped* there (:mod:`.child`): every later call raises
+:class:`~p2p_lab.grading.child.FunctionStopped` at once, so a hanging exercise costs one cell limit,
+not one per calling cell plus its hidden test's limit (a slow cell calling a fast function many
+times stops that cell only). A function that ends the grading process (``os._exit``; a loop that
+swallows the alarm, killed by the watchdog) is named before the process ends, and the one rerun
+(:mod:`.parent`) stops it as soon as the cell defining it ran: one rerun, not one per calling cell
+(four calling cells used to spend every attempt, and nothing was graded). Measured on every
+notebook: see the report of issue "broken submissions cost many times a correct one".
+
 Threat model: the grader survives accidents and the usual hostile patterns (raising cells,
 infinite loops, megabytes of prints, ``sys.exit``, deleted or shadowed names, redefined checks,
 monkeypatched ``p2p_lab`` / ``torch`` functions, calling the package's implementation). It runs

@@ -1,12 +1,27 @@
 """Grading, the child side: the code that runs inside the grading process (the student's cells,
-then the hidden tests), with its entry point :func:`_child_main`; importing it does nothing."""
+then the hidden tests), with its entry point :func:`_child_main`; importing it does nothing.
+
+A broken function is paid for once. Every cell and every hidden test runs under an alarm: at half
+its limit the alarm notes which student functions are running (their frames), at the limit it
+raises :class:`_Timeout` in the running code. A student function whose *same call* was running at
+both moments (it ran at least half a limit in one call: an infinite loop, not a fast function
+called many times by a slow cell) is stopped for good: its code is replaced, so every later call,
+from a later cell, a check or a hidden test, raises :class:`FunctionStopped` at once (an
+``Exception``, so the notebook's checks report it and its demos go on as after any raising
+function) instead of each waiting for its own limit. A student function that calls ``os._exit``
+is reported the same way before the process ends, so the rerun the parent makes stops it at once.
+Each such function is announced by a ``stopped`` event (a stable key: cell file name, qualified
+name and first line), which the parent hands to every rerun (config ``stopped``).
+"""
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import signal
 import sys
+import textwrap
 import types
 import warnings
 from pathlib import Path
@@ -18,8 +33,36 @@ from .forbidding import _NAMESPACES, ForbiddenCall
 _PACKAGE = __name__.rpartition(".")[0]  # p2p_lab.grading: its modules are snapshotted in full
 
 
+_REAL_EXIT = os._exit  # the grading process's own way out (student calls go through _Child.exit)
+
+
 class _Timeout(BaseException):
     pass
+
+
+class FunctionStopped(Exception):
+    """Raised by a student function the grader stopped for good: it ran past a time limit in one
+    call, or ended the grading process, once already; a later call fails at once instead."""
+
+
+def _key(code) -> tuple:
+    """Names a student function's code across grading processes (the same notebook, the same key)."""
+    return (code.co_filename, getattr(code, "co_qualname", code.co_name), code.co_firstlineno)
+
+
+def _stopped_code(message: str, freevars: tuple) -> types.CodeType:
+    """Code that raises FunctionStopped(message), with ``freevars`` free variables (a function's
+    ``__code__`` may only be swapped for code with as many)."""
+    body = (f"def _stopped(*args, **kwargs):\n"
+            + (f"    ({', '.join(freevars)},)\n" if freevars else "")
+            + f"    import {__name__} as _child\n    raise _child.FunctionStopped({message!r})\n")
+    if freevars:
+        body = ("def _outer():\n" + "".join(f"    {v} = None\n" for v in freevars)
+                + textwrap.indent(body, "    ") + "    return _stopped\n")
+    scope: dict = {}
+    exec(compile(body, "<stopped by the grader>", "exec"), scope)
+    fn = scope["_outer"]() if freevars else scope["_stopped"]
+    return fn.__code__
 
 
 class _CappedWriter:
@@ -115,6 +158,11 @@ class _Child:
         self.config = config
         self.events = open(config["events"], "a", buffering=1)
         self.cap = int(config["output_chars"])
+        self.pid = os.getpid()
+        self.ns: dict | None = None  # the student's namespace, once the shell exists
+        self.phase = "start-up"  # where student code runs now, for messages ("cell 12")
+        # functions stopped for good: key -> message (from earlier processes, then from this one)
+        self.stopped = {tuple(s["key"]): s["message"] for s in config.get("stopped", [])}
 
     def emit(self, **event) -> None:
         self.events.write(json.dumps(event) + "\n")
@@ -122,16 +170,94 @@ class _Child:
 
     @contextlib.contextmanager
     def limit(self, seconds: float):
-        """Raise _Timeout in this thread after ``seconds`` (and every second after, if swallowed)."""
+        """Raise _Timeout in this thread after ``seconds`` (and every second after, if swallowed).
+
+        At half the time the running student frames are noted; those still running at the limit
+        (the same calls) are stopped for good (:meth:`stop`)."""
+        seconds = max(float(seconds), 0.01)
+        alarms: list = []  # the student frames running at half time, then a marker per alarm
+
         def on_alarm(signum, frame):
+            if not alarms:  # half time: note who runs, and wait for the rest
+                alarms.append(self.student_frames(frame))
+                signal.setitimer(signal.ITIMER_REAL, seconds - seconds / 2, 1.0)
+                return
+            if len(alarms) == 1:  # the limit: stop the calls that ran all along, then interrupt
+                alarms.append(None)
+                signal.setitimer(signal.ITIMER_REAL, 0)  # no alarm while stopping
+                try:
+                    now = self.student_frames(frame)
+                    self.stop([f for f in now if any(f is g for g in alarms[0])],
+                              f"ran for more than {seconds / 2:.0f} s in one call and was stopped at "
+                              f"the {seconds:.0f} s limit of {self.phase} (an infinite loop?)")
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 1.0, 1.0)
             raise _Timeout()
 
         signal.signal(signal.SIGALRM, on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)
+        signal.setitimer(signal.ITIMER_REAL, seconds / 2)
         try:
             yield
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
+            alarms.clear()
+
+    def student_frames(self, frame) -> list:
+        """The frames of student functions (code of the student's namespace) on the stack."""
+        found = []
+        while frame is not None:
+            if self.ns is not None and frame.f_globals is self.ns and frame.f_code.co_name != "<module>":
+                found.append(frame)
+            frame = frame.f_back
+        return found
+
+    def stop(self, frames, why: str, disable: bool = True) -> None:
+        """Stop the functions of ``frames`` for good: announce each (an event the parent hands to
+        reruns) and, with ``disable``, swap their code for code raising FunctionStopped."""
+        codes = []
+        for frame in frames:
+            code, key = frame.f_code, _key(frame.f_code)
+            if any(code is c for c in codes):
+                continue
+            codes.append(code)
+            if key not in self.stopped:  # (one stopped by an earlier process is known already)
+                self.stopped[key] = (f"`{key[1]}` {why}; the grader does not run it again, so "
+                                     f"calling it now fails at once")
+                self.emit(stopped={"key": list(key), "name": key[1], "message": self.stopped[key]})
+        if disable and codes:
+            for obj in gc.get_referrers(*codes):
+                if isinstance(obj, types.FunctionType) and any(obj.__code__ is c for c in codes):
+                    self.disable(obj)
+            self.disable_stopped()
+
+    def disable(self, fn) -> None:
+        message = self.stopped.get(_key(fn.__code__))
+        if message is None:
+            return
+        with contextlib.suppress(Exception):
+            fn.__code__ = _stopped_code(message, fn.__code__.co_freevars)
+            return
+        for name, value in list((self.ns or {}).items()):  # a code that cannot be swapped
+            if value is fn:
+                self.ns[name] = types.FunctionType(_stopped_code(message, ()), {}, fn.__name__)
+
+    def disable_stopped(self) -> None:
+        """Disable the stopped functions the student's namespace holds (after every cell: a rerun
+        stops a function as soon as the cell defining it ran)."""
+        if self.stopped and self.ns is not None:
+            for value in list(self.ns.values()):
+                if isinstance(value, types.FunctionType) and _key(value.__code__) in self.stopped:
+                    self.disable(value)
+
+    def exit(self, status=0):
+        """``os._exit`` for student code: announce the student functions calling it, then exit.
+        (Only in the grading process itself: a process forked by student code, such as a
+        multiprocessing worker, ends with os._exit as usual.)"""
+        if os.getpid() == self.pid:
+            with contextlib.suppress(BaseException):
+                self.stop(self.student_frames(sys._getframe(1)),
+                          f"ended the grading process (os._exit) in {self.phase}", disable=False)
+        _REAL_EXIT(status)
 
     def load_hidden(self):
         import importlib.util
@@ -155,6 +281,7 @@ class _Child:
         shell = InteractiveShell.instance(config=cfg, user_module=module)
         shell.register_magic_function(lambda line="": None, "line", "matplotlib")
         _NAMESPACES.append(shell.user_ns)
+        self.ns = shell.user_ns
         return shell
 
     def run_cells(self, shell) -> None:
@@ -166,6 +293,7 @@ class _Child:
             if cell.cell_type != "code" or i in skip:
                 continue
             self.emit(cell=i)
+            self.phase = f"cell {i}"
             out = _CappedWriter(self.cap)
             error = None
             try:
@@ -184,6 +312,7 @@ class _Child:
             if error:
                 self.emit(cell_error=f"cell {i} {error}")
             _close_figures()
+            self.disable_stopped()
 
     def run_question(self, hidden, ns: dict, q: str) -> dict:
         out = _CappedWriter(self.cap)
@@ -202,6 +331,8 @@ class _Child:
                        f"hidden tests and was stopped (an infinite loop?)")
         except ForbiddenCall as err:
             message = f"not accepted: your function {err}"
+        except FunctionStopped as err:
+            message = f"failed: {err}"
         except NotImplementedError:
             message = "not attempted: the function still raises NotImplementedError"
         except AssertionError as err:
@@ -221,6 +352,11 @@ class _Child:
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         hidden = self.load_hidden()
         shell = self.shell()
+        os._exit = self.exit  # a student's os._exit names its function before the process ends
+        with contextlib.suppress(ImportError):
+            import posix
+
+            posix._exit = self.exit
         # after the hidden tests' imports, before student code
         snapshot = forbidding._SNAPSHOT = _Snapshot()
         self.run_cells(shell)
@@ -228,6 +364,7 @@ class _Child:
         for q in self.config["questions"]:
             snapshot.restore()
             self.emit(question=q)
+            self.phase = f"the hidden test of question {q}"
             self.emit(result=self.run_question(hidden, ns, q))
         self.emit(done=True)
 
@@ -251,4 +388,4 @@ def _child_main(config_path: str) -> None:
     finally:
         with contextlib.suppress(Exception):
             sys.__stdout__.flush()
-        os._exit(code)
+        _REAL_EXIT(code)

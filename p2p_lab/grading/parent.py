@@ -1,5 +1,14 @@
 """Grading, the parent side: :class:`Limits`, :func:`grade` and :func:`grade_notebook`, which run
-and watch the grading process (:mod:`.child`), read its events and write Gradescope's JSON."""
+and watch the grading process (:mod:`.child`), read its events and write Gradescope's JSON.
+
+When a cell or a hidden test ends or hangs the process (``os._exit``, a crash, a loop that swallows
+the alarm: the watchdog kills it at the phase's limit plus a grace), the process is run again
+without that cell (or with that question scored 0), at most ``Limits.attempts`` runs in all. Every
+rerun is handed the student functions earlier processes stopped (``stopped`` events, see
+:mod:`.child`), so a function that killed the process in one cell fails at once in every later cell
+of the rerun instead of killing it again: one rerun per such function, not one per calling cell.
+Only a new phase (a ``cell`` or ``question`` event) restarts the watchdog's clock.
+"""
 from __future__ import annotations
 
 import ast
@@ -128,19 +137,28 @@ def grade_notebook(path, hidden_dir=None, limits: Limits | None = None) -> dict:
 
 
 def _run_attempts(path: Path, hidden: Path, questions: dict, limits: Limits):
-    """Run the grading process, rerunning it without a cell or test that killed or hung it."""
+    """Run the grading process, rerunning it without a cell or test that killed or hung it, and
+    with every student function an earlier process stopped (see :mod:`.child`) failing at once."""
     deadline = time.monotonic() + limits.total_s
     skip_cells: list[int] = []
+    stopped: list[dict] = []  # {"key", "name", "message"} of functions stopped for good
     results: dict[str, dict] = {}
     log: list[str] = []
-    for _ in range(limits.attempts):
+    runs = 0
+    for runs in range(1, limits.attempts + 1):
         remaining = [q for q in questions if q not in results]
         if not remaining or time.monotonic() >= deadline:
             break
-        events, reason, raw = _run_child(path, hidden, remaining, skip_cells, limits, deadline)
+        events, reason, raw = _run_child(path, hidden, remaining, skip_cells, limits, deadline, stopped)
         cell_errors = [e for e in events if "cell_error" in e]
         if cell_errors and not log:
             log += [e["cell_error"] for e in cell_errors]
+        for e in events:
+            s = e.get("stopped")
+            if (isinstance(s, dict) and isinstance(s.get("key"), list) and isinstance(s.get("message"), str)
+                    and all(s["key"] != t["key"] for t in stopped)):
+                stopped.append({"key": s["key"], "name": str(s.get("name")), "message": s["message"]})
+                log.append(s["message"])
         _collect(events, remaining, questions, results, limits.output_chars)
         if any(e.get("done") for e in events):
             break
@@ -160,9 +178,11 @@ def _run_attempts(path: Path, hidden: Path, questions: dict, limits: Limits):
             skip_cells.append(int(last["cell"]))
             log.append(f"cell {last['cell']} stopped the grading process ({reason}); the notebook was "
                        f"run again without it")
+    why = ("the time for this submission ran out" if time.monotonic() >= deadline else
+           f"the grading process stopped before its test ran, in each of {runs} run(s)")
     for q in questions:
         if q not in results:
-            log.append(f"question {q} was not graded: the time for this submission ran out")
+            log.append(f"question {q} was not graded: {why}")
     return results, log
 
 
@@ -201,7 +221,7 @@ def _drain(stream, keep: list, cap: int) -> None:
         size += len(chunk)
 
 
-def _run_child(path, hidden, questions, skip_cells, limits: Limits, deadline: float):
+def _run_child(path, hidden, questions, skip_cells, limits: Limits, deadline: float, stopped=()):
     """One grading process, watched: killed when a phase overruns. -> (events, reason, raw output)."""
     with tempfile.TemporaryDirectory(prefix="p2p_grade_") as tmp:
         events_file = Path(tmp) / "events.jsonl"
@@ -209,7 +229,7 @@ def _run_child(path, hidden, questions, skip_cells, limits: Limits, deadline: fl
         config = dict(notebook=str(path.resolve()), hidden=str(hidden.resolve()), questions=questions,
                       skip_cells=skip_cells, cell_s=limits.cell_s, question_s=limits.question_s,
                       output_chars=limits.output_chars, memory_gb=limits.memory_gb,
-                      events=str(events_file))
+                      events=str(events_file), stopped=list(stopped))
         (Path(tmp) / "config.json").write_text(json.dumps(config))
         cmd = [sys.executable, "-c", "import sys; from p2p_lab.grading.child import _child_main; "
                "_child_main(sys.argv[1])", str(Path(tmp) / "config.json")]
@@ -236,12 +256,12 @@ def _watch(proc, events_file: Path, limits: Limits, deadline: float) -> str:
             return f"the process exited with code {code}" if code else "the process exited"
         events = _read_events(events_file)
         if len(events) > seen:
-            for e in events[seen:]:
+            for e in events[seen:]:  # only a new phase restarts the clock (not a report within one)
                 if "cell" in e:
-                    phase = (f"cell {e['cell']}", limits.cell_s)
+                    phase, since = (f"cell {e['cell']}", limits.cell_s), time.monotonic()
                 elif "question" in e:
-                    phase = (f"question {e['question']}", limits.question_s)
-            seen, since = len(events), time.monotonic()
+                    phase, since = (f"question {e['question']}", limits.question_s), time.monotonic()
+            seen = len(events)
         now = time.monotonic()
         if now >= deadline:
             return f"the submission's total time limit of {limits.total_s:.0f} s ran out"
