@@ -257,6 +257,7 @@ RIGHT = {"q_sample": q_right, "posterior_coefficients": post_right, "x0_from_eps
          "mean_from_eps": mean_right, "ddpm_reverse_step": reverse_right, "ddpm_loss": loss_right}
 
 
+@pytest.mark.hidden_tests
 @pytest.mark.forbidding  # the hidden tests build their blocked lists from the public checks' lists
 def test_hidden_tests_pass_right_solutions():
     hidden = _hidden()
@@ -266,6 +267,7 @@ def test_hidden_tests_pass_right_solutions():
         getattr(hidden, f"test_{question}")(ns)
 
 
+@pytest.mark.hidden_tests
 @pytest.mark.forbidding
 def test_hidden_tests_fail_wrong_and_borrowed_solutions():
     from p2p_lab import ddpm

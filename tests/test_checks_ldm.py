@@ -59,3 +59,25 @@ def test_mistake_variants_without_the_mistake_match_the_reference():
     assert torch.allclose(checks._step_variant(**case), want, atol=1e-5)
     case = checks.loop_cases()[1]
     assert torch.allclose(checks._loop_variant(**case), checks.loop_reference(**case), atol=1e-5)
+
+
+def _ddim(z_t, eps, a_from, a_to, noise=lambda a: (1 - a).sqrt(), renoise=True):
+    z0 = (z_t - noise(a_from) * eps) / a_from.sqrt()
+    return a_to.sqrt() * z0 + (noise(a_to) * eps if renoise else 0)
+
+
+DDIM_WRONG = {  # as a student would write each, from the formulas
+    "returns_z0": lambda z_t, eps, abar_t, abar_prev: (z_t - (1 - abar_t).sqrt() * eps) / abar_t.sqrt(),
+    "no_renoise": lambda z_t, eps, abar_t, abar_prev: _ddim(z_t, eps, abar_t, abar_prev, renoise=False),
+    "abar_t_twice": lambda z_t, eps, abar_t, abar_prev: _ddim(z_t, eps, abar_t, abar_t),
+    "noise_without_sqrt": lambda z_t, eps, abar_t, abar_prev: _ddim(z_t, eps, abar_t, abar_prev,
+                                                                     noise=lambda a: 1 - a),
+}
+
+
+def test_ddim_step_check_passes_a_solution_and_names_each_mistake():
+    assert checks.check_ddim_step(lambda z_t, eps, abar_t, abar_prev: _ddim(z_t, eps, abar_t, abar_prev)).passed
+    assert set(DDIM_WRONG) == {m.name for m in checks.DDIM_MISTAKES}
+    for name, wrong in DDIM_WRONG.items():
+        result = checks.check_ddim_step(wrong)
+        assert not result.passed and result.mistake == name, (name, result)

@@ -5,8 +5,10 @@ the master and student versions of every notebook are graded once (module fixtur
 and hostile behaviour is tested on small synthetic notebooks: most against a pure-Python hidden
 test file (fast to start), one against the real 01_attention hidden tests.
 """
+import dataclasses
 import json
 import operator
+import shutil
 import sys
 import textwrap
 from pathlib import Path
@@ -39,6 +41,8 @@ def test_strip_solutions_keeps_indentation_and_the_rest():
     assert out == 'def f(x):\n    y = 1\n    raise NotImplementedError("q1: write your solution here")\n\nprint(f)'
     two = f"{BEGIN}\na = 1\n{END}\nb = 2\n  {BEGIN}\n  c = 3\n  {END}"
     assert grading.strip_solutions(two, "q").count("NotImplementedError") == 2
+    body = grading.strip_solutions(src, "q1", "while True:\n    pass")  # a broken solution, for tests
+    assert body == 'def f(x):\n    y = 1\n    while True:\n        pass\n\nprint(f)'
     for bad in (f"{BEGIN}\nx", f"x\n{END}", f"{BEGIN}\n{BEGIN}\n{END}"):
         with pytest.raises(ValueError):
             grading.strip_solutions(bad, "q")
@@ -55,7 +59,7 @@ def released(tmp_path_factory):
     out = tmp_path_factory.mktemp("release")
     from p2p_lab.__main__ import main
 
-    assert main(["release", str(out)]) == 0  # through the command line
+    assert main(["release", str(out), "--no-timings"]) == 0  # through the command line (timings: below)
     return out
 
 
@@ -107,7 +111,7 @@ def test_release_points_the_notebooks_at_the_course_repository(tmp_path):
     from p2p_lab import COLAB_REPO, colab_url, install_spec
     from p2p_lab.__main__ import main
 
-    assert main(["release", str(tmp_path), "--repo", "my-course/p2p-2027"]) == 0
+    assert main(["release", str(tmp_path), "--repo", "my-course/p2p-2027", "--no-timings"]) == 0
     for path in sorted((tmp_path / "student" / "notebooks").glob("*.ipynb")):
         text = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells)
         assert f"({colab_url(path.name, 'my-course/p2p-2027')})" in text
@@ -115,6 +119,130 @@ def test_release_points_the_notebooks_at_the_course_repository(tmp_path):
         assert COLAB_REPO not in text, path.name
     with pytest.raises(ValueError, match="owner/name"):
         grading.release(tmp_path / "again", repo="https://github.com/my-course")
+
+
+def test_student_checks_hold_no_answer(released):
+    """The student's checks keep their cases and hints and compare with recorded values: every
+    @answer body, Mistake compute and run_check reference is gone, and no line of a master
+    solution appears in them; the autograder keeps the live checks (its hidden tests need them)."""
+    import ast
+
+    student, grader = released / "student" / "p2p_lab" / "checks", released / "autograder" / "p2p_lab" / "checks"
+    assert (student / "expected.safetensors").exists() and not (grader / "expected.safetensors").exists()
+    solution_lines = set()
+    for master in NOTEBOOKS:
+        for cell in nbformat.read(master, as_version=4).cells:
+            inside = False
+            for line in cell.source.split("\n"):
+                if line.strip() in (BEGIN, END):
+                    inside = line.strip() == BEGIN
+                elif inside and len(line.strip()) >= 24 and not line.strip().startswith("#"):
+                    solution_lines.add(line.strip())
+    assert len(solution_lines) > 40
+    for path in sorted(student.glob("*.py")):
+        text = path.read_text()
+        assert (grader / path.name).read_text() == (ROOT / "p2p_lab" / "checks" / path.name).read_text()
+        if path.name in ("__init__.py", "_core.py"):
+            continue
+        assert text != (ROOT / "p2p_lab" / "checks" / path.name).read_text(), path.name
+        found = [line for line in solution_lines if line in text]
+        assert not found, (path.name, found)
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef) and any(getattr(d, "id", "") == "answer" for d in node.decorator_list):
+                assert len(node.body) == 1 and isinstance(node.body[0], ast.Raise), (path.name, node.name)
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("Mistake", "run_check"):
+                arg = node.args[1 if node.func.id == "Mistake" else 2]
+                assert isinstance(arg, ast.Constant) and arg.value is None, (path.name, ast.unparse(node)[:80])
+
+
+def test_student_checks_pass_the_master_solutions(released, tmp_path):
+    """In the student version (its own package first on the path), each exercise cell with the
+    master's solution and the check cell after it: every check passes, from recorded values; the
+    stubs of a fresh release fail with 'not implemented'."""
+    from p2p_lab.testing import execute_notebook
+
+    student = released / "student"
+    for master in NOTEBOOKS:
+        for kind, source in (("master", master), ("stub", student / "notebooks" / master.name)):
+            nb = nbformat.read(source, as_version=4)
+            code = [c for c in nb.cells if c.cell_type == "code"]
+            imports = next(c for c in code if "from p2p_lab.checks import" in c.source)
+            cells = [code[0], *([imports] if imports is not code[0] else []),
+                     new_code_cell("import p2p_lab; print('package at', p2p_lab.__file__)")]
+            for i, c in enumerate(code):
+                if c.metadata.get("p2p_lab", {}).get("question"):
+                    cells += [c, code[i + 1]]
+            nb.cells = cells
+            path = tmp_path / f"{kind}_{master.name}"
+            nbformat.write(nb, path)
+            done = execute_notebook(path, student / "notebooks", env={"PYTHONPATH": str(student)})
+            printed = "\n".join(o.get("text", "") for c in done.cells for o in c.get("outputs", []))
+            assert f"package at {student / 'p2p_lab'}" in printed, printed[:500]
+            n = sum(1 for c in code if c.metadata.get("p2p_lab", {}).get("question"))
+            if kind == "master":
+                assert printed.count(": PASSED") == n and "FAILED" not in printed, (master.name, printed)
+            else:
+                assert printed.count(": FAILED: not implemented") == n, (master.name, printed)
+
+
+def test_student_wheel_carries_the_recorded_expectations(released, tmp_path):
+    """Colab installs the student repository as a package (not editable): its wheel must carry them."""
+    import subprocess
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q", "-w",
+                    str(tmp_path), str(released / "student")], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        shipped = z.read("p2p_lab/checks/expected.safetensors")
+    assert shipped == (released / "student" / "p2p_lab" / "checks" / "expected.safetensors").read_bytes()
+
+
+def _first_exercise_replaced(nb, body: str):
+    """The notebook with its first exercise's solution replaced by ``body`` (indented alike)."""
+    cell = next(c for c in nb.cells if c.cell_type == "code" and BEGIN in c.source)
+    cell.source = grading.strip_solutions(cell.source, "", body)
+    return nb
+
+
+def test_timed_release_gives_a_hanging_exercise_a_short_limit(released, tmp_path):
+    """record_timings (what release runs) writes the master's cell and test times; a submission's
+    cells with a master cell's source then get factor x that time (at least floor_s), its own new
+    cells the default; a master that loses points stops it."""
+    from p2p_lab.grading.child import cell_key
+
+    master = ROOT / "notebooks" / "01_attention.ipynb"
+    hidden = tmp_path / "hidden"
+    shutil.copytree(released / "autograder" / "tests" / "hidden", hidden)
+    limits = Limits(cell_s=120, question_s=60, floor_s=5, factor=10)
+    timings = grading.record_timings([master], hidden, limits)
+    assert json.loads((hidden / grading.TIMINGS).read_text()) == timings
+    nb = nbformat.read(master, as_version=4)
+    code = [cell_key(c.source) for c in nb.cells if c.cell_type == "code"]
+    cells = timings["01_attention"]["cells"]
+    assert set(cells) == set(code) and all(0 <= t < 60 for t in cells.values())
+    assert set(timings["01_attention"]["questions"]) == {"attention", "multi_head_attention"}
+
+    hanging = _first_exercise_replaced(nb, "while True:\n    pass")
+    hanging.cells.append(new_code_cell("import time\ntime.sleep(7)"))  # a new cell: the default limit
+    nbformat.write(hanging, tmp_path / "hanging.ipynb")
+    r = grading.grade_notebook(tmp_path / "hanging.ipynb", hidden, limits)
+    assert _scores(r)["attention"] == 0
+    assert r["score"] == sum(t["max_score"] for t in r["tests"]) - 2, r  # the other question passes
+    stopped = [line for line in r["output"].splitlines() if "took longer than" in line]
+    assert len(stopped) == 1 and "took longer than 5 s" in stopped[0], r["output"]
+    assert "ten times what the course's own solution takes" in stopped[0]
+    attention = next(t for t in r["tests"] if t["name"].startswith("attention"))
+    assert "stopped at the 5 s limit of cell" in attention["output"], attention
+    untimed = dataclasses.replace(limits, timed=False, cell_s=8)  # every cell the default, as before
+    r = grading.grade_notebook(tmp_path / "hanging.ipynb", hidden, untimed)
+    assert "took longer than 8 s and was stopped\n" in r["output"] + "\n", r["output"]
+
+    raising = _first_exercise_replaced(nbformat.read(master, as_version=4), "raise RuntimeError('no')")
+    (tmp_path / "raising").mkdir()
+    nbformat.write(raising, tmp_path / "raising" / "01_attention.ipynb")
+    with pytest.raises(ValueError, match="(?s)must score full marks.*attention"):
+        grading.record_timings([tmp_path / "raising" / "01_attention.ipynb"], hidden, limits)
 
 
 # --- forbid ------------------------------------------------------------------------------------

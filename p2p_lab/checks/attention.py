@@ -14,7 +14,7 @@ import math
 import torch
 
 from .. import attention as ref
-from ._core import Mistake, run_check
+from ._core import Mistake, answer, run_check
 
 __all__ = ["check_attention", "check_multi_head_attention", "check_cross_attention",
            "check_token_maps", "attention_reference", "multi_head_reference",
@@ -48,6 +48,7 @@ def _weights(scores):
     return scores.softmax(dim=-1)
 
 
+@answer
 def _attention_from_scores(scores, V, axis=-1):
     weights = scores.softmax(dim=axis)
     return weights @ V, weights
@@ -92,6 +93,7 @@ def attention_cases(seed: int = 0, shapes=((4, 4, 4, 4), (5, 3, 4, 2), (2, 3, 6,
     return cases
 
 
+@answer
 def attention_reference(Q, K, V):
     return ref.scaled_dot_product_attention(Q, K, V)
 
@@ -104,6 +106,7 @@ def check_attention(fn):
 
 # --- notebook 01, exercise 2: multi_head_attention(X, W_q, W_k, W_v, W_o, heads) --------------
 
+@answer
 def _mha(X, W_q, W_k, W_v, W_o, heads, scale=None, split="right", merge="right", project=True, axis=-1):
     d_head = W_q.shape[1] // heads
 
@@ -155,6 +158,7 @@ def multi_head_cases(seed: int = 0, shapes=((4, 8, 2), (2, 5, 12, 3), (3, 1, 8, 
     return cases
 
 
+@answer
 def multi_head_reference(X, W_q, W_k, W_v, W_o, heads):
     return ref.multi_head_attention(X, W_q, W_k, W_v, W_o, heads)
 
@@ -167,6 +171,7 @@ def check_multi_head_attention(fn):
 
 # --- notebook 02, exercise 1: cross_attention(Y, X, W_q, W_k, W_v) -----------------------------
 
+@answer
 def _cross(q_src, kv_src, W_q, W_k, W_v, scale=None, axis=-1, v_src=None):
     q, k = q_src @ W_q, kv_src @ W_k
     v = (kv_src if v_src is None else v_src) @ W_v
@@ -203,6 +208,7 @@ def cross_attention_cases(seed: int = 0, shapes=((4, 4, 6, 6, 5, 3), (4, 3, 6, 5
     return cases
 
 
+@answer
 def cross_attention_reference(Y, X, W_q, W_k, W_v):
     return ref.cross_attention(Y, X, W_q, W_k, W_v)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .. import ddpm
-from ._core import Mistake, run_check
+from ._core import Mistake, answer, run_check
 
 __all__ = ["check_q_sample", "check_posterior_coefficients", "check_x0_from_eps",
            "check_mean_from_eps", "check_reverse_step", "check_ddpm_loss"]
@@ -91,10 +91,12 @@ def loss_cases(seed: int = 0, shapes=((6, 2), (4, 3, 5, 5), (3, 2))) -> list[dic
 
 # ---------------------------------------------------------------- 1. closed-form sample (Property 1)
 
+@answer
 def q_sample_reference(x_0, t, eps, sched):
     return ddpm.q_sample(x_0, t, eps, sched)
 
 
+@answer
 def _q_wrong(signal, noise, shift=0, table="abar"):
     def compute(x_0, t, eps, sched):
         a = _tab(sched, t, x_0, shift, table)
@@ -132,10 +134,12 @@ def check_q_sample(fn, cases=None):
 
 # ---------------------------------------------------------------- 2. posterior (Property 2)
 
+@answer
 def posterior_reference(t, sched):
     return ddpm.posterior_coefficients(t, sched)
 
 
+@answer
 def _post_wrong(prev_shift=-1, shift=0, table="abar", x0_abar=None, xt_alpha=None, var=None,
                 root=torch.sqrt, order=(0, 1, 2)):
     def compute(t, sched):
@@ -185,10 +189,12 @@ def check_posterior_coefficients(fn, cases=None):
 
 # ---------------------------------------------------------------- 3. x_0 from eps
 
+@answer
 def x0_reference(x_t, t, eps, sched):
     return ddpm.x0_from_eps(x_t, t, eps, sched)
 
 
+@answer
 def _x0_wrong(noise_sign=-1.0, noise=lambda a: (1 - a).sqrt(), divide=torch.sqrt, shift=0, table="abar"):
     def compute(x_t, t, eps, sched):
         a = _tab(sched, t, x_t, shift, table)
@@ -220,10 +226,12 @@ def check_x0_from_eps(fn, cases=None):
 
 # ---------------------------------------------------------------- 4. eps-parameterised mean (Property 3)
 
+@answer
 def mean_reference(x_t, t, eps, sched):
     return ddpm.mean_from_eps(x_t, t, eps, sched)
 
 
+@answer
 def _mean_wrong(sign=-1.0, noise=lambda al, ab: (1 - al) / (1 - ab).sqrt(), outer=lambda al, ab: al.sqrt(),
                 shift=0):
     def compute(x_t, t, eps, sched):
@@ -260,10 +268,12 @@ def check_mean_from_eps(fn, cases=None):
 
 # ---------------------------------------------------------------- 5. the loss of Algorithm 1
 
+@answer
 def loss_reference(eps_model, x_0, t, eps, sched):
     return ddpm.ddpm_loss(eps_model, x_0, t, eps, sched)
 
 
+@answer
 def _loss_wrong(model_input="x_t", target="eps", reduce="mean", noise=lambda a: (1 - a).sqrt(), shift=0):
     def compute(eps_model, x_0, t, eps, sched):
         a = _tab(sched, t, x_0, shift)
@@ -312,16 +322,19 @@ def reverse_cases(seed: int = 0, ts=(1, 2, 5, 400, 1000)) -> list[dict]:
     return cases
 
 
+@answer
 def reverse_reference(x_t, t, eps_pred, sched, z):
     return ddpm.reverse_step(x_t, t, eps_pred, sched, noise=z)
 
 
+@answer
 def _reverse_wrong(sigma):
     def compute(x_t, t, eps_pred, sched, z):
         return ddpm.mean_from_eps(x_t, t, eps_pred, sched) + sigma(x_t, t, sched) * z
     return compute
 
 
+@answer
 def _posterior_var(x_t, t, sched):
     return ddpm.posterior_coefficients(t, sched)[2].to(x_t.dtype)
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import copy
 import functools
+from typing import Callable
 
 import torch
 
-from ._core import Mistake, run_check
+from ._core import Mistake, answer, check_pipeline, run_check
 
 __all__ = ["check_guidance", "check_ddim_step", "check_sampling_step", "check_sample"]
 
@@ -51,18 +52,20 @@ def ddim_cases(seed: int = 0, steps=(10, 25, 50), shapes=((1, 4, 8, 8), (2, 4, 4
     return cases
 
 
+@answer
 def ddim_reference(z_t, eps, t, scheduler):
     """diffusers' own DDIM step (eta = 0)."""
     return scheduler.step(eps, t, z_t, eta=0.0).prev_sample
 
 
+@answer
 def _ddim_wrong(renoise="prev", noise=lambda a: (1 - a).sqrt(), back=True):
     def compute(z_t, eps, t, scheduler):
         from ..ldm import abar_pair
 
         abar_t, abar_prev = abar_pair(scheduler, t)
         z0 = (z_t - noise(abar_t) * eps) / abar_t.sqrt()
-        a = abar_prev if renoise == "prev" else abar_t
+        a = {"prev": abar_prev, "t": abar_t, "one": torch.ones_like(abar_t)}[renoise]
         return a.sqrt() * z0 + (noise(a) * eps if back else 0)
     return compute
 
@@ -93,26 +96,7 @@ def check_ddim_step(fn):
     return run_check("ddim_step", student, ddim_reference, ddim_cases(), DDIM_MISTAKES, atol=1e-5, forbidden=FORBIDDEN["ddim_step"])
 
 
-# ---------------------------------------------------------------- a tiny pipeline for checks
-
-@functools.lru_cache(maxsize=1)
-def tiny_pipeline():
-    """A tiny ``StableDiffusionPipeline`` (random weights, CPU, float32) built from the course's builders."""
-    import tempfile
-
-    from ..model import ModelConfig, assemble_pipeline, build_text_encoder, build_unet, build_vae
-    from ..tokenizer import build_tokenizer
-
-    state = torch.random.get_rng_state()
-    torch.manual_seed(1234)
-    cfg = ModelConfig()
-    tok = build_tokenizer(tempfile.mkdtemp(prefix="p2p_check_bpe_"))
-    pipe = assemble_pipeline(build_vae(cfg).eval(), build_text_encoder(cfg, tok).eval(), tok,
-                             build_unet(cfg).eval())
-    torch.random.set_rng_state(state)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to("cpu")
-
+# ---------------------------------------------------------------- the checks' pipeline, with other schedulers
 
 def _with_scheduler(pipe, kind: str):
     """The same pipeline with a fresh DDIM, Euler or DPM-Solver scheduler (same noise schedule)."""
@@ -168,6 +152,7 @@ def _fresh(scheduler):
     return copy.deepcopy(scheduler)
 
 
+@answer
 def _step_variant(unet, scheduler, z_t, t, embeddings, guidance_scale, *, swap=False, scale=True,
                   two_steps=False, combine=None, x0=False):
     """What a (possibly wrong) one-step solution returns; the scheduler is copied, never changed."""
@@ -196,7 +181,7 @@ def step_cases(seed: int = 0, pipe=None, kinds=("ddim", "euler"), steps: int = 1
     """Seeded inputs for a one-step solution: a mid-schedule timestep of each scheduler kind."""
     from ..ldm import encode_prompt
 
-    pipe = pipe or tiny_pipeline()
+    pipe = pipe or check_pipeline()
     prompts = ["a red circle on a blue background", "a big turquoise square", "a small green triangle"]
     cases = []
     for i, kind in enumerate(kinds):
@@ -233,6 +218,7 @@ STEP_MISTAKES = (
 )
 
 
+@answer
 def _step_reference(unet, scheduler, z_t, t, embeddings, guidance_scale):
     from ..ldm import sampling_step
 
@@ -250,19 +236,23 @@ def check_sampling_step(fn):
 
 # ---------------------------------------------------------------- 3. the sampling loop
 
+@answer
 def _loop_variant(pipe, prompt, seed, num_inference_steps, guidance_scale, *, init_sigma=True,
-                  scale=True, reverse=False, vae_scale=True, swap=False, denormalize=True):
-    """What a (possibly wrong) hand-written loop returns: images (b, 3, H, W)."""
+                  scale=True, reverse=False, vae_scale=True, swap=False, denormalize=True, sigma_first=False):
+    """What a (possibly wrong) hand-written loop returns: images (b, 3, H, W); from a fresh
+    scheduler state, as the check gives the student's loop."""
     from ..ldm import encode_prompt, latent_shape
 
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     emb = encode_prompt(pipe, prompts).both()  # (2b, L, D)
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(latent_shape(pipe, len(prompts)), generator=g)  # (b, C, h, w)
-    sch = pipe.scheduler
-    if init_sigma:
+    sch = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    if sigma_first:
         z = z * sch.init_noise_sigma
-    sch.set_timesteps(num_inference_steps)
+    sch.set_timesteps(num_inference_steps)  # first: Euler's init_noise_sigma depends on the steps
+    if init_sigma and not sigma_first:
+        z = z * sch.init_noise_sigma
     timesteps = sch.timesteps.flip(0) if reverse else sch.timesteps
     with torch.no_grad():
         for t in timesteps:
@@ -278,12 +268,13 @@ def _loop_variant(pipe, prompt, seed, num_inference_steps, guidance_scale, *, in
 
 def loop_cases(pipe=None, seeds=(0, 1), steps=(4, 5), guidance_scales=(7.5, 3.0),
                kinds=("ddim", "euler"), prompts=("a red circle on a blue background", "a big yellow square")):
-    pipe = pipe or tiny_pipeline()
+    pipe = pipe or check_pipeline()
     return [{"pipe": _with_scheduler(pipe, k), "prompt": prompts[i % len(prompts)], "seed": seeds[i],
              "num_inference_steps": steps[i], "guidance_scale": guidance_scales[i]}
             for i, k in enumerate(kinds)]
 
 
+@answer
 def loop_reference(pipe, prompt, seed, num_inference_steps, guidance_scale):
     """diffusers' own pipeline, for the same seed (a CPU generator), steps and guidance."""
     return pipe(prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
@@ -301,15 +292,29 @@ LOOP_MISTAKES = (
             "the guidance branches are swapped: with embeddings cat([uncond, cond]), the UNet's "
             "output chunks are (eps_uncond, eps_cond)"),
     Mistake("no_denormalize", functools.partial(_loop_variant, denormalize=False),
-            "the decoder outputs images in [-1, 1]: return (x / 2 + 0.5).clamp(0, 1)"),
+            "the decoder outputs images in [-1, 1]: map them to [0, 1] with x / 2 + 0.5, clamped to [0, 1]"),
     Mistake("no_init_noise_sigma", functools.partial(_loop_variant, init_sigma=False),
             "multiply z_T by scheduler.init_noise_sigma (1 for DDIM, but about 14.6 for Euler, "
             "whose latents live at a larger scale)"),
     Mistake("no_scale_model_input", functools.partial(_loop_variant, scale=False),
             "call scheduler.scale_model_input on the UNet's input at every step (Euler needs it)"),
+    Mistake("noise_sigma_before_timesteps", functools.partial(_loop_variant, sigma_first=True),
+            "call scheduler.set_timesteps first and only then multiply z_T by scheduler.init_noise_sigma: "
+            "Euler's initial sigma is the largest of the chosen timesteps, and before set_timesteps it is "
+            "the 1000-step schedule's"),
 )
+
+
+def fresh_scheduler_state(fn: Callable) -> Callable:
+    """``fn(pipe, ...)`` called with a new scheduler of the pipeline's class and config, as a freshly
+    loaded pipeline has (so no state left by an earlier run can make a loop right by accident)."""
+    def call(pipe, *args, **kwargs):
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+        return fn(pipe, *args, **kwargs)
+    return call
 
 
 def check_sample(fn):
     """``fn(pipe, prompt, seed, num_inference_steps, guidance_scale)`` -> images (b, 3, H, W) in [0, 1]."""
-    return run_check("sample", fn, loop_reference, loop_cases(), LOOP_MISTAKES, atol=1e-4, rtol=1e-4, forbidden=FORBIDDEN["sample"])
+    return run_check("sample", fresh_scheduler_state(fn), loop_reference, loop_cases(), LOOP_MISTAKES, atol=1e-4,
+                     rtol=1e-4, forbidden=FORBIDDEN["sample"])

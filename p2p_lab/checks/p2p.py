@@ -18,7 +18,7 @@ import torch
 
 from ..p2p.equations import alpha_blend, apply_mapper, edit_switch, token_weights
 from ..p2p.equations import reweight as _reweight
-from ._core import CheckResult, Mistake, run_check
+from ._core import CheckResult, Mistake, answer, check_pipeline, run_check
 
 __all__ = ["check_edit_switch", "check_replace_mapper", "check_alpha_blend", "check_reweight",
            "check_build_mapper", "check_alignment_table", "check_blend_mask", "check_map_recorder",
@@ -44,6 +44,7 @@ FORBIDDEN = {
 
 # ------------------------------------------------------------------ references: the engine's own equations
 
+@answer
 def reweight(A: torch.Tensor, token_indices: list[int], scale: float) -> torch.Tensor:
     """Attention re-weighting as the exercise asks it: the columns ``token_indices`` times c."""
     return _reweight(A, token_weights(A.shape[-1], token_indices, scale, A.dtype))
@@ -94,6 +95,7 @@ def check_edit_switch(fn: Callable) -> CheckResult:
     student = lambda A_t, A_star_t, timesteps, tau: _run_switch(fn, A_t, A_star_t, timesteps, tau)  # noqa: E731
     ref = lambda A_t, A_star_t, timesteps, tau: _run_switch(edit_switch, A_t, A_star_t, timesteps, tau)  # noqa: E731
 
+    @answer
     def wrong(rule):
         return lambda A_t, A_star_t, timesteps, tau: torch.stack(
             [A_star_t if rule(int(t), tau) else A_t for t in timesteps])
@@ -181,17 +183,20 @@ def _reweight_cases():
             dict(A=_maps(gen, 1, 2, 16, 16), token_indices=[5], scale=-1.0)]
 
 
+@answer
 def _renorm(B):
     return B / B.sum(-1, keepdim=True)
 
 
 def check_reweight(fn: Callable) -> CheckResult:
     """Check ``fn(A, token_indices, scale)``: the columns of those tokens times ``scale``."""
+    @answer
     def rows(A, token_indices, scale):
         B = A.clone()
         B[..., token_indices, :] *= scale
         return B
 
+    @answer
     def others(A, token_indices, scale):
         return reweight(A, [j for j in range(A.shape[-1]) if j not in token_indices], 1.0 / scale)
 
@@ -293,6 +298,7 @@ def mapper_cases(prompts=MAPPER_PROMPTS, tokenizer=None) -> list[dict]:
     return cases
 
 
+@answer
 def _mapper_reference(pairs, n_source, n_target, length, variant, _prompts):
     from ..p2p.align import replace_mapper
 
@@ -300,6 +306,7 @@ def _mapper_reference(pairs, n_source, n_target, length, variant, _prompts):
     return replace_mapper(tok, source, target, variant)
 
 
+@answer
 def _mapper_wrong(variant_rule=None, tail=True, start=True, transpose=False):
     def compute(pairs, n_source, n_target, length, variant, _prompts):
         M = torch.zeros(length, length)
@@ -353,12 +360,14 @@ def alignment_cases(seed: int = 0) -> list[dict]:
             dict(a=rand(7), b=rand(9), match=2.0, mismatch=-1.0, gap=-1.0)]
 
 
+@answer
 def _table_reference(a, b, match, mismatch, gap):
     from ..p2p.align import alignment_table
 
     return torch.tensor(alignment_table(a, b, match, mismatch, gap))
 
 
+@answer
 def _table_wrong(border=True, mismatch_as_match=False, no_gaps=False):
     def compute(a, b, match, mismatch, gap):
         n, m = len(a), len(b)
@@ -404,12 +413,14 @@ def blend_cases(seed: int = 0) -> list[dict]:
     return cases
 
 
+@answer
 def _blend_reference(maps, dilate, threshold):
     from ..p2p.blend import word_mask
 
     return word_mask(maps, dilate, threshold).double()
 
 
+@answer
 def _blend_wrong(dilate_on=True, normalise=True, union=True):
     def compute(maps, dilate, threshold):
         import torch.nn.functional as F
@@ -446,13 +457,6 @@ def check_blend_mask(fn: Callable) -> CheckResult:
 RECORDER_LAYER = "up_blocks.0.attentions.0.transformer_blocks.0.attn2"  # an 8x8 layer of the shipped model
 
 
-@functools.lru_cache(maxsize=1)
-def _shipped_pipe():
-    from ..model import load_pipeline
-
-    return load_pipeline(device="cpu")
-
-
 def _record_with(processor, pipe, layer: str, prompt: str, steps: int, seed: int):
     """Sample with ``processor`` installed on one layer (diffusers' set_processor), then restore."""
     from .. import ldm
@@ -478,7 +482,7 @@ def check_map_recorder(recorder_cls, prompt: str = "a red circle on a blue backg
     from .. import ldm
     from ..p2p import AttentionStore, record_maps
 
-    name, pipe = "map_recorder", _shipped_pipe()
+    name, pipe = "map_recorder", check_pipeline()
     forbidden = FORBIDDEN["MapRecorder"] if forbidden is None else forbidden
     try:
         from ..grading import ForbiddenCall, forbid

@@ -26,8 +26,11 @@ not one per calling cell plus its hidden test's limit (a slow cell calling a fas
 times stops that cell only). A function that ends the grading process (``os._exit``; a loop that
 swallows the alarm, killed by the watchdog) is named before the process ends, and the one rerun
 (:mod:`.parent`) stops it as soon as the cell defining it ran: one rerun, not one per calling cell
-(four calling cells used to spend every attempt, and nothing was graded). Measured on every
-notebook: see the report of issue "broken submissions cost many times a correct one".
+(four calling cells used to spend every attempt, and nothing was graded). And the one limit is
+short: ``release`` times the master solutions (:func:`record_timings`), and a submitted cell whose
+source is a master cell's (a check, a demo) may take ten times the master's time there, at least
+30 s, instead of the default 180 s that the slowest demo needs. ``benchmarks/grading_cost.py``
+measures a correct, a raising, an exiting and a hanging submission of every notebook.
 
 Threat model: the grader survives accidents and the usual hostile patterns (raising cells,
 infinite loops, megabytes of prints, ``sys.exit``, deleted or shadowed names, redefined checks,
@@ -48,7 +51,8 @@ from .bundle import (BEGIN, END, PACKAGE_DIR, REPO_ROOT, point_at_repo, release,
 from .child import _child_main
 from .cli import register_cli
 from .forbidding import _NAMESPACES, ForbiddenCall, call_student, forbid, student_function
-from .parent import Limits, _questions, default_hidden_dir, find_assignment, grade, grade_notebook
+from .parent import (TIMINGS, Limits, _questions, default_hidden_dir, find_assignment, grade, grade_notebook,
+                     record_timings)
 
 __all__ = ["ForbiddenCall", "forbid", "call_student", "student_function", "release",
-           "student_notebook", "grade", "Limits", "find_assignment", "register_cli"]
+           "student_notebook", "grade", "Limits", "find_assignment", "record_timings", "register_cli"]

@@ -20,8 +20,9 @@ def _source(cell) -> str:
     return "".join(src) if isinstance(src, list) else src
 
 
-def strip_solutions(source: str, question: str) -> str:
-    """Replace each ``BEGIN``..``END`` block (markers included) with a stub at the same indentation."""
+def strip_solutions(source: str, question: str, body: str | None = None) -> str:
+    """Replace each ``BEGIN``..``END`` block (markers included) with a stub at the same indentation:
+    ``raise NotImplementedError(...)``, or the lines of ``body`` (a broken solution, for tests)."""
     out, inside, indent = [], False, ""
     for number, line in enumerate(source.split("\n"), 1):
         marker = line.strip()
@@ -29,7 +30,8 @@ def strip_solutions(source: str, question: str) -> str:
             if inside:
                 raise ValueError(f"line {number}: a second BEGIN marker before END")
             inside, indent = True, line[: len(line) - len(line.lstrip())]
-            out.append(f'{indent}raise NotImplementedError("{question}: write your solution here")')
+            stub = body if body is not None else f'raise NotImplementedError("{question}: write your solution here")'
+            out += [indent + b for b in stub.split("\n")]
         elif marker == END:
             if not inside:
                 raise ValueError(f"line {number}: an END marker without BEGIN")
@@ -39,6 +41,54 @@ def strip_solutions(source: str, question: str) -> str:
     if inside:
         raise ValueError("a BEGIN marker without END")
     return "\n".join(out)
+
+
+def strip_answers(source: str) -> str:
+    """A checks module as the student version holds it: the body of every function marked
+    ``@answer`` replaced by ``raise RecordedOnly()``, and each ``Mistake``'s ``compute`` and each
+    ``run_check``'s reference replaced by ``None`` (their outputs are recorded: ``checks._core``)."""
+    import ast
+
+    data = source.encode()
+    starts = [0]
+    for line in data.split(b"\n"):
+        starts.append(starts[-1] + len(line) + 1)
+
+    def offset(line: int, col: int) -> int:  # ast columns count UTF-8 bytes
+        return starts[line - 1] + col
+
+    spans = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and any(
+                isinstance(d, ast.Name) and d.id == "answer" for d in node.decorator_list):
+            first = node.body[0]
+            if first.lineno == node.lineno:
+                raise ValueError(f"line {node.lineno}: an @answer function needs its body on its own lines")
+            indent = " " * first.col_offset
+            spans.append((offset(first.lineno, 0), offset(node.end_lineno, node.end_col_offset),
+                          f"{indent}raise RecordedOnly()  # recorded when the course was released"))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            position = {"Mistake": (1, "compute"), "run_check": (2, "reference")}.get(node.func.id)
+            if position is None:
+                continue
+            index, keyword = position
+            arg = node.args[index] if len(node.args) > index else next(
+                (k.value for k in node.keywords if k.arg == keyword), None)
+            if arg is not None:
+                spans.append((offset(arg.lineno, arg.col_offset), offset(arg.end_lineno, arg.end_col_offset),
+                              "None"))
+    kept: list = []
+    for span in sorted(spans, key=lambda x: (x[0], -x[1])):  # drop spans inside a replaced one
+        if not kept or span[0] >= kept[-1][1]:
+            kept.append(span)
+    for start, end, text in reversed(kept):
+        data = data[:start] + text.encode() + data[end:]
+    out = data.decode()
+    if any(text != "None" for _, _, text in kept):
+        if "from ._core import " not in out:
+            raise ValueError("a checks module with @answer functions must import from ._core")
+        out = out.replace("from ._core import ", "from ._core import RecordedOnly, ", 1)
+    return out
 
 
 def _question(cell) -> str | None:
@@ -65,6 +115,17 @@ def student_notebook(nb, name: str = "notebook"):
     return nb
 
 
+def _strip_checks(folder: Path) -> None:
+    """The student's checks: expected values recorded (by this package's checks, live), the code
+    that computes them stripped (:func:`strip_answers`)."""
+    from ..checks._core import EXPECTED, record_expectations, save_expectations
+
+    save_expectations(record_expectations(), folder / EXPECTED.name)
+    for path in sorted(folder.glob("*.py")):
+        if path.name not in ("__init__.py", "_core.py"):
+            path.write_text(strip_answers(path.read_text()))
+
+
 def _copy_tree(src: Path, dst: Path) -> None:
     if src.is_dir():
         shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints"))
@@ -84,7 +145,8 @@ def point_at_repo(nb, name: str, repo: str):
     return nb
 
 
-def release(out_dir, notebooks_dir=None, repo_root=None, repo: str | None = None) -> Path:
+def release(out_dir, notebooks_dir=None, repo_root=None, repo: str | None = None, timings: bool = True,
+            jobs: int = 1) -> Path:
     """Write ``out_dir/student`` and ``out_dir/autograder`` from the master notebooks.
 
     ``student/``: ``notebooks/`` (stubs in place of solutions, outputs cleared), the ``p2p_lab``
@@ -92,7 +154,10 @@ def release(out_dir, notebooks_dir=None, repo_root=None, repo: str | None = None
     ``autograder/``: the same package and data, ``tests/hidden/``, and Gradescope's
     ``setup.sh`` / ``run_autograder`` with a README. ``repo``: the GitHub repository ("owner/name")
     the student version will live in; its notebooks' Colab badges and install lines point there
-    (default: ``p2p_lab.COLAB_REPO``). Returns ``out_dir``.
+    (default: ``p2p_lab.COLAB_REPO``). ``timings``: grade the master notebooks with the bundle
+    (``jobs`` at a time; minutes) and record their cells' and hidden tests' times in its
+    ``tests/hidden/timings.json``, from which grading sets tight limits (:func:`.record_timings`);
+    a master that does not score full marks stops the release. Returns ``out_dir``.
     """
     import nbformat
 
@@ -117,11 +182,16 @@ def release(out_dir, notebooks_dir=None, repo_root=None, repo: str | None = None
     for target in (student, grader):
         for part in ("p2p_lab", "data", "pyproject.toml", "README.md", "LICENSE"):
             _copy_tree(root / part, target / part)
+    _strip_checks(student / "p2p_lab" / "checks")
     hidden = grader / "tests" / "hidden"
     hidden.mkdir(parents=True)
     for p in sorted((root / "tests" / "hidden").glob("hidden_*.py")):
         shutil.copy2(p, hidden / p.name)
     _write_bundle_files(student, grader, sorted(versions))
+    if timings:
+        from .parent import record_timings
+
+        record_timings(masters, hidden, jobs=jobs)
     return out
 
 

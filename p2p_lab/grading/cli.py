@@ -9,7 +9,9 @@ from .parent import Limits, grade
 
 
 def _release_cmd(args) -> int:
-    out = release(args.out, args.notebooks, repo=args.repo)
+    if not args.no_timings:
+        print("timing the master solutions with the autograder (some minutes)...", flush=True)
+    out = release(args.out, args.notebooks, repo=args.repo, timings=not args.no_timings, jobs=args.jobs)
     print(f"student version: {out / 'student'}\nautograder: {out / 'autograder'}")
     return 0
 
@@ -41,6 +43,9 @@ def register_cli(subparsers) -> dict:
     p.add_argument("--repo", default=None, help="GitHub owner/name the student version is published "
                    "at: the notebooks' Colab badges and install lines point there "
                    "(default: p2p_lab.COLAB_REPO)")
+    p.add_argument("--no-timings", action="store_true", help="skip timing the master solutions: "
+                   "every cell then gets the default limits when graded")
+    p.add_argument("--jobs", type=int, default=1, help="master notebooks timed in parallel")
     p = subparsers.add_parser("grade", help=commands["grade"][0])
     p.add_argument("submission", help="a notebook, or a folder of notebooks")
     p.add_argument("--json", default=None, help="results file (or folder, for a folder of notebooks)")

@@ -8,12 +8,21 @@ rerun is handed the student functions earlier processes stopped (``stopped`` eve
 :mod:`.child`), so a function that killed the process in one cell fails at once in every later cell
 of the rerun instead of killing it again: one rerun per such function, not one per calling cell.
 Only a new phase (a ``cell`` or ``question`` event) restarts the watchdog's clock.
+
+Limits come from the master solution where it was timed: :func:`record_timings` (run by
+``release``) grades the master notebooks and writes each cell's and each hidden test's time to
+``timings.json`` beside the hidden tests; a submission's cell with the same source as a timed
+master cell (the checks and demos: students edit only the exercise cells) then gets
+``Limits.factor`` times the master's time, at least ``Limits.floor_s`` and at most ``cell_s``, so a
+hanging exercise costs its checking cell some 30 s instead of the three-minute default (which the
+slowest demo cell of the course needs). Cells the master does not have keep ``cell_s``.
 """
 from __future__ import annotations
 
 import ast
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -39,11 +48,67 @@ class Limits:
     startup_s: float = 180.0  # importing torch & co and loading the hidden tests
     total_s: float = 1200.0  # the whole submission, reruns included
     output_chars: int = 20_000  # kept per cell / per question / for the child's raw output
+    timed: bool = True  # cells and tests the master was timed on get limits from its times:
+    factor: float = 10.0  # this many times the master's time ...
+    floor_s: float = 30.0  # ... and at least this (timings.json, see record_timings)
     attempts: int = 4  # reruns after a cell or a test kills or hangs the grading process
     memory_gb: float | None = None  # address-space limit of the grading process (None: none)
     threads: int | None = None  # torch threads of the grading process (None: torch's choice);
     # ``grade`` with jobs > 1 sets cores // jobs: two notebooks graded side by side with 2 threads
     # each on 2 cores spun for over 10 minutes, against 97 s with 1 thread each
+
+
+TIMINGS = "timings.json"  # beside the hidden tests: {assignment: {"cells": {key: s}, "questions": {q: s},
+#                                                                "total": the master's grading, s}}
+
+
+def cell_key(source: str) -> str:
+    """Names a cell by its source (what the timings of the master's cells are keyed by)."""
+    return hashlib.sha256(source.strip().encode()).hexdigest()[:16]
+
+
+def _timed_limits(hidden_dir: Path, assignment: str, limits: Limits) -> tuple[dict, dict]:
+    """({cell key: limit}, {question: limit}) from the master's recorded times, if any."""
+    try:
+        recorded = json.loads((hidden_dir / TIMINGS).read_text()).get(assignment) or {}
+    except (OSError, ValueError, AttributeError):
+        return {}, {}
+
+    def scaled(times, cap):
+        if not isinstance(times, dict):
+            return {}
+        return {str(k): round(min(cap, max(limits.floor_s, limits.factor * float(v))), 1)
+                for k, v in times.items() if isinstance(v, (int, float)) and v >= 0}
+    return scaled(recorded.get("cells"), limits.cell_s), scaled(recorded.get("questions"), limits.question_s)
+
+
+def record_timings(notebooks, hidden_dir, limits: Limits | None = None, jobs: int = 1) -> dict:
+    """Grade the master ``notebooks`` against ``hidden_dir`` (without recorded limits) and write
+    each one's cell and hidden-test times into ``hidden_dir/timings.json`` (what later grading
+    scales into limits; other assignments' times there stay). Refuses, with the failures, if a master does not score full marks: its times
+    would not be a correct solution's. Returns {assignment: times}."""
+    hidden_dir = Path(hidden_dir)
+    limits = dataclasses.replace(limits or Limits(), timed=False)  # the default limits
+    with tempfile.TemporaryDirectory(prefix="p2p_timings_") as tmp:
+        for nb in notebooks:
+            (Path(tmp) / Path(nb).name).write_bytes(Path(nb).read_bytes())
+        results = grade(tmp, Path(tmp) / "results", hidden_dir, limits, jobs)
+    timings, failures = {}, []
+    for path, r in sorted(results.items()):
+        lost = [t["name"] for t in r["tests"] if t["score"] < t["max_score"]]
+        if lost or not r["tests"]:
+            failures.append(f"{Path(path).name}: {', '.join(lost) or 'no graded questions'} "
+                            f"({r['output'].strip()[:300]})")
+        else:
+            timings[r["extra_data"]["assignment"]] = dict(r["extra_data"]["seconds"], total=r["execution_time"])
+    if failures:
+        raise ValueError("the master solutions must score full marks before their times can set the "
+                         "grader's limits; not so:\n  " + "\n  ".join(failures))
+    path = hidden_dir / TIMINGS
+    recorded = json.loads(path.read_text()) if path.exists() else {}  # other assignments' stay
+    recorded.update(timings)
+    path.write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")
+    return timings
 
 
 def _load_json_nb(path: Path):
@@ -126,17 +191,19 @@ def grade_notebook(path, hidden_dir=None, limits: Limits | None = None) -> dict:
         return _error_result(f"the hidden tests {hidden.name} are broken (an instructor error): {err}",
                              started)
     try:
-        results, log = _run_attempts(path, hidden, questions, limits)
+        timed = _timed_limits(hidden_dir, assignment, limits) if limits.timed else ({}, {})
+        results, log, seconds = _run_attempts(path, hidden, questions, limits, timed)
     except Exception as err:  # noqa: BLE001 - the grader itself must never crash on a submission
-        results, log = {}, [f"internal grader error ({type(err).__name__}: {err}); nothing was graded"]
+        results, log, seconds = {}, [f"internal grader error ({type(err).__name__}: {err}); nothing was graded"], {}
     tests = [results.get(q) or _test(f"{q}: {spec['name']}", 0, spec["points"], "not graded")
              for q, spec in questions.items()]
     return {"score": round(sum(t["score"] for t in tests), 4),
             "execution_time": round(time.monotonic() - started, 1),
-            "output": f"assignment {assignment}\n" + "\n".join(log), "tests": tests}
+            "output": f"assignment {assignment}\n" + "\n".join(log), "tests": tests,
+            "extra_data": {"assignment": assignment, "seconds": seconds}}  # Gradescope keeps it as is
 
 
-def _run_attempts(path: Path, hidden: Path, questions: dict, limits: Limits):
+def _run_attempts(path: Path, hidden: Path, questions: dict, limits: Limits, timed=({}, {})):
     """Run the grading process, rerunning it without a cell or test that killed or hung it, and
     with every student function an earlier process stopped (see :mod:`.child`) failing at once."""
     deadline = time.monotonic() + limits.total_s
@@ -144,12 +211,18 @@ def _run_attempts(path: Path, hidden: Path, questions: dict, limits: Limits):
     stopped: list[dict] = []  # {"key", "name", "message"} of functions stopped for good
     results: dict[str, dict] = {}
     log: list[str] = []
+    seconds: dict[str, dict] = {"cells": {}, "questions": {}}  # of the first run that timed each
     runs = 0
     for runs in range(1, limits.attempts + 1):
         remaining = [q for q in questions if q not in results]
         if not remaining or time.monotonic() >= deadline:
             break
-        events, reason, raw = _run_child(path, hidden, remaining, skip_cells, limits, deadline, stopped)
+        events, reason, raw = _run_child(path, hidden, remaining, skip_cells, limits, deadline, stopped,
+                                         timed)
+        for e in events:
+            for kind, name in (("cell_time", "cells"), ("question_time", "questions")):
+                if isinstance(e.get(kind), list) and len(e[kind]) == 2:
+                    seconds[name].setdefault(str(e[kind][0]), e[kind][1])
         cell_errors = [e for e in events if "cell_error" in e]
         if cell_errors and not log:
             log += [e["cell_error"] for e in cell_errors]
@@ -183,7 +256,7 @@ def _run_attempts(path: Path, hidden: Path, questions: dict, limits: Limits):
     for q in questions:
         if q not in results:
             log.append(f"question {q} was not graded: {why}")
-    return results, log
+    return results, log, seconds
 
 
 def _collect(events, remaining, questions, results: dict, cap: int) -> None:
@@ -221,7 +294,8 @@ def _drain(stream, keep: list, cap: int) -> None:
         size += len(chunk)
 
 
-def _run_child(path, hidden, questions, skip_cells, limits: Limits, deadline: float, stopped=()):
+def _run_child(path, hidden, questions, skip_cells, limits: Limits, deadline: float, stopped=(),
+               timed=({}, {})):
     """One grading process, watched: killed when a phase overruns. -> (events, reason, raw output)."""
     with tempfile.TemporaryDirectory(prefix="p2p_grade_") as tmp:
         events_file = Path(tmp) / "events.jsonl"
@@ -229,7 +303,8 @@ def _run_child(path, hidden, questions, skip_cells, limits: Limits, deadline: fl
         config = dict(notebook=str(path.resolve()), hidden=str(hidden.resolve()), questions=questions,
                       skip_cells=skip_cells, cell_s=limits.cell_s, question_s=limits.question_s,
                       output_chars=limits.output_chars, memory_gb=limits.memory_gb,
-                      events=str(events_file), stopped=list(stopped))
+                      events=str(events_file), stopped=list(stopped), cell_limits=timed[0],
+                      question_limits=timed[1])
         (Path(tmp) / "config.json").write_text(json.dumps(config))
         cmd = [sys.executable, "-c", "import sys; from p2p_lab.grading.child import _child_main; "
                "_child_main(sys.argv[1])", str(Path(tmp) / "config.json")]
@@ -258,9 +333,9 @@ def _watch(proc, events_file: Path, limits: Limits, deadline: float) -> str:
         if len(events) > seen:
             for e in events[seen:]:  # only a new phase restarts the clock (not a report within one)
                 if "cell" in e:
-                    phase, since = (f"cell {e['cell']}", limits.cell_s), time.monotonic()
+                    phase, since = (f"cell {e['cell']}", _limit(e, limits.cell_s)), time.monotonic()
                 elif "question" in e:
-                    phase, since = (f"question {e['question']}", limits.question_s), time.monotonic()
+                    phase, since = (f"question {e['question']}", _limit(e, limits.question_s)), time.monotonic()
             seen = len(events)
         now = time.monotonic()
         if now >= deadline:
@@ -268,6 +343,12 @@ def _watch(proc, events_file: Path, limits: Limits, deadline: float) -> str:
         if now - since > phase[1] + grace:
             return f"{phase[0]} ran past its time limit of {phase[1]:.0f} s"
         time.sleep(0.1)
+
+
+def _limit(event: dict, default: float) -> float:
+    """The phase's limit the child announced (a recorded one), never above the default."""
+    value = event.get("limit")
+    return min(default, float(value)) if isinstance(value, (int, float)) and value > 0 else default
 
 
 def _kill_group(proc) -> None:

@@ -7,7 +7,7 @@ import torch
 
 from p2p_lab.checks._core import run_check
 from p2p_lab.checks.ldm import (GUIDANCE_MISTAKES, LOOP_MISTAKES, STEP_MISTAKES, _guidance_cases,
-                                _step_reference, tiny_pipeline, loop_cases, loop_reference,
+                                _step_reference, check_pipeline, fresh_scheduler_state, loop_cases, loop_reference,
                                 step_cases)
 from p2p_lab.grading import call_student, student_function
 
@@ -58,8 +58,8 @@ def test_ldm_sampling_step(ns):
 
 
 def test_ldm_sample(ns):
-    fn = student_function(ns, "sample_by_hand")
-    pipe = tiny_pipeline()
+    fn = fresh_scheduler_state(student_function(ns, "sample_by_hand"))  # no state left by a run before
+    pipe = check_pipeline()
     cases = loop_cases(pipe, seeds=(11, 12, 13), steps=(6, 4, 3), guidance_scales=(8.0, 5.0, 2.0),
                        kinds=("ddim", "euler", "dpm"),
                        prompts=("a small purple triangle on a yellow background",
