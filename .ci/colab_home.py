@@ -12,6 +12,9 @@
    draws the same image on Colab's libraries as the checkout does on the suite's.
 4. The headless widget tests run in the same environment (ipywidgets 7.7, the package installed
    from the wheel).
+5. The student version (``python -m p2p_lab release``, run here with the suite's libraries) is
+   installed in its place, as a course's Colab badge installs it: every master solution passes its
+   public check from the expectations recorded at release, on Colab's older libraries.
 
 Usage (with the suite's environment active): python .ci/colab_home.py WORK_DIR
 (prints one line per notebook; exit status 1 on failure)
@@ -190,6 +193,44 @@ def run_widget_tests(python: Path, work: Path) -> list[str]:
     return [] if run.returncode == 0 else [f"widget tests failed with ipywidgets {version}:\n{run.stdout[-4000:]}"]
 
 
+STUDENT_CHECKS = r"""
+import json, sys
+from pathlib import Path
+import nbformat
+from p2p_lab.testing import check_verdicts, checks_notebook, execute_notebook
+
+out = {}
+for master in sorted(Path(sys.argv[1]).glob("*.ipynb")):
+    path = Path.cwd() / f"checks_{master.name}"
+    nbformat.write(checks_notebook(nbformat.read(master, as_version=4)), path)
+    v = check_verdicts(execute_notebook(path, Path.cwd()))
+    n = sum(1 for c in nbformat.read(master, as_version=4).cells if c.metadata.get("p2p_lab", {}).get("question"))
+    out[master.name] = dict(v, expected=n)
+print(json.dumps(out))
+"""
+
+
+def run_student_checks(python: Path, work: Path) -> list[str]:
+    release = work / "release"
+    sh(sys.executable, "-m", "p2p_lab", "release", release, "--no-timings")
+    sh(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", work / "student-wheel",
+       release / "student")
+    (wheel,) = (work / "student-wheel").glob("p2p_lab-*.whl")
+    sh(python, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", wheel)
+    (work / "student-checks").mkdir()
+    run = subprocess.run([str(python), "-c", STUDENT_CHECKS, str(ROOT / "notebooks")], cwd=work / "student-checks",
+                         capture_output=True, text=True, env=dict(os.environ, MPLBACKEND="Agg"))
+    if run.returncode != 0:
+        return [f"the student version's checks did not run:\n{run.stderr[-3000:]}"]
+    problems = []
+    for name, v in json.loads(run.stdout.strip().splitlines()[-1]).items():
+        print(f"{name}: student version's checks, master solutions: {v['passed']} of {v['expected']} passed "
+              f"(package at {v['package']})", flush=True)
+        if v["passed"] != v["expected"] or v["failed"] or "site-packages" not in str(v["package"]):
+            problems.append(f"{name}: the student version's checks on the master solutions:\n{v['printed'][-3000:]}")
+    return problems
+
+
 def main(work: Path) -> int:
     start = time.time()
     if work.exists():
@@ -202,6 +243,7 @@ def main(work: Path) -> int:
     problems += check_packages(python, before)
     problems += check_same_images(python, work)
     problems += run_widget_tests(python, work)
+    problems += run_student_checks(python, work)  # last: it replaces the installed package
     print(f"Colab-like home: {time.time() - start:.0f} s in all", flush=True)
     for p in problems:
         print("PROBLEM:", p, flush=True)

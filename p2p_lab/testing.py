@@ -163,3 +163,34 @@ def execute_notebook(path: str | Path, cwd: str | Path, env: dict | None = None,
                             resources={"metadata": {"path": str(cwd)}})
     client.execute(env={**os.environ, **(env or {})}, cwd=str(cwd))
     return nb
+
+
+def checks_notebook(nb):
+    """A notebook cut down to its exercises and their public checks: the set-up cell, the cell that
+    imports the checks, a cell printing where ``p2p_lab`` was imported from, then each exercise cell
+    and the check cell after it (a master's solutions or a release's stubs, as ``nb`` holds)."""
+    import copy
+
+    from nbformat.v4 import new_code_cell
+
+    nb = copy.deepcopy(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    imports = next(c for c in code if "from p2p_lab.checks import" in c.source)
+    cells = [code[0], *([imports] if imports is not code[0] else []),
+             new_code_cell("import p2p_lab\nprint('package at', p2p_lab.__file__)")]
+    for i, c in enumerate(code):
+        if c.metadata.get("p2p_lab", {}).get("question"):
+            cells += [c, code[i + 1]]
+    nb.cells = cells
+    return nb
+
+
+def check_verdicts(executed) -> dict:
+    """What the public checks printed in an executed :func:`checks_notebook`: counts of passed,
+    not-implemented and other failures, the package's location and the whole printed text."""
+    printed = "\n".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    where = re.search(r"package at (\S+)", printed)
+    not_implemented = printed.count(": FAILED: not implemented")
+    return {"passed": printed.count(": PASSED"), "not_implemented": not_implemented,
+            "failed": printed.count(": FAILED") - not_implemented, "package": where and where.group(1),
+            "printed": printed}

@@ -43,8 +43,9 @@ def test_the_widget_inverts_once_per_image_and_re_edits_per_tau(shipped_pipe):
     assert ui.renders == 3 and ui.inversion is not first and ui.source.value == images["scene 1"][1]
     ui.picture.value = UPLOAD  # nothing uploaded yet: said, not raised
     assert "upload an image first" in ui.status.value
-    ui.upload.value = ({"mine.png": {"metadata": {"name": "mine.png"}, "content": _png(images["scene 0"][0])}}
-                       if _is_ipywidgets_7() else (_file8(images["scene 0"][0]),))
+    # as the browser sets it (FileUpload.value is read-only from Python in ipywidgets 7)
+    ui.upload.set_trait("value", {"mine.png": {"metadata": {"name": "mine.png"}, "content": _png(images["scene 0"][0])}}
+                        if _is_ipywidgets_7() else (_file8(images["scene 0"][0]),))
     assert ui.inversion is not None and np.allclose(ui.inversion.image, images["scene 0"][0] / 255.0, atol=1e-6)
 
 
