@@ -98,7 +98,7 @@ def run_notebook(name: str, model: Path, env: dict, work: Path) -> list[dict]:
     from p2p_lab.testing import execute_notebook
 
     ipython = work / f"ipython-{name}"
-    (ipython / "profile_default" / "startup").mkdir(parents=True)
+    (ipython / "profile_default" / "startup").mkdir(parents=True, exist_ok=True)
     (ipython / "profile_default" / "startup" / "00-bench.py").write_text(STARTUP)
     log = work / f"{name}-{model.name}.jsonl"
     execute_notebook(ROOT / "notebooks" / f"{name}.ipynb", cwd=work, timeout=7200,
