@@ -7,7 +7,8 @@ assumption:
    in 512-px image-evaluations (batch x latent area / 64^2), cell by cell. The call pattern does not
    depend on the widths, so these are the counts on real SD v1.
 2. **Memory** (full-size stand-in: SD v1's real configs, random weights, ``--dtype`` bfloat16 = fp16's
-   2 bytes per value, on the CPU, ``--steps`` sampling steps): each cell's peak resident memory
+   2 bytes per value, on the CPU, ``--steps`` sampling steps; ``--dtype float32`` runs far faster on
+   a CPU without bfloat16 instructions, and its peaks are halved for the fp16 estimate): each cell's peak resident memory
    (VmHWM, reset before every cell) above the kernel's memory after its imports, plus what the
    live AttentionStores and SourceCaches hold after the cell, scaled from ``--steps`` to the
    notebook's own steps (they grow with the step count; the rest of the peak does not).
@@ -18,7 +19,7 @@ assumption:
 Prints one line per notebook and a JSON object as the last line. The full-size folder (2 GB) is
 written to ``runs/`` (outside git) on first use. Takes tens of minutes on 2 CPU cores.
 
-    python benchmarks/sd_fullsize.py [--steps 2] [--notebooks 02 04 05 06]
+    python benchmarks/sd_fullsize.py [--steps 2] [--notebooks 02 04 05 06] [--dtype float32] [--work-only]
 """
 from __future__ import annotations
 
@@ -113,13 +114,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--notebooks", nargs="+", default=["02", "04", "05", "06"])
     ap.add_argument("--folder", default=str(ROOT / "runs" / "sd-v1-fullsize-standin"))
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--work-only", action="store_true", help="count the work (T4 time estimate) only, "
+                    "without the full-size memory run")
     args = ap.parse_args(argv)
     import torch
 
     from p2p_lab.testing import save_sd_standin
 
     full = Path(args.folder)
-    if not (full / "model_index.json").exists():
+    if not args.work_only and not (full / "model_index.json").exists():
         save_sd_standin(full, size="full", dtype=torch.float16)
     names = [p.stem for p in sorted((ROOT / "notebooks").glob("*.ipynb"))
              if p.stem.split("_")[0] in args.notebooks]
@@ -132,17 +135,28 @@ def main(argv=None) -> dict:
             start = time.time()
             counts = run_notebook(name, tiny, {}, work)
             steps_full = _full_steps(name)
+            if args.work_only:
+                evals, decodes = sum(c["evals"] for c in counts), sum(c["decodes"] for c in counts)
+                entry = {"unet_image_evals": round(evals, 1), "vae_calls_512px": round(decodes, 1), "steps": steps_full,
+                         "t4_minutes_estimate": round((evals * T4_UNET_S + decodes * T4_VAE_S) / 60, 1)}
+                report["notebooks"][name] = entry
+                print(f"{name}: {entry['unet_image_evals']:g} UNet image-evaluations and {entry['vae_calls_512px']:g} "
+                      f"512-px VAE calls at {steps_full} steps -> about {entry['t4_minutes_estimate']:g} min on a T4 "
+                      f"(estimate)", flush=True)
+                continue
             cells = run_notebook(name, full, {"P2P_LAB_STEPS": str(args.steps), "P2P_LAB_DTYPE": args.dtype}, work)
             base = cells[1]["rss"] if len(cells) > 1 else cells[0]["rss"]  # after the set-up cell's imports
             scale = steps_full / args.steps
-            peaks = [(c["peak"] - base + c["held"] * (scale - 1)) / 2 ** 30 for c in cells]
+            half = 0.5 if args.dtype == "float32" else 1.0  # fp16 holds every value in half the bytes
+            peaks = [half * (c["peak"] - base + c["held"] * (scale - 1)) / 2 ** 30 for c in cells]
             evals = sum(c["evals"] for c in counts)
             decodes = sum(c["decodes"] for c in counts)
             worst = max(range(len(peaks)), key=peaks.__getitem__)
             entry = {"unet_image_evals": round(evals, 1), "vae_calls_512px": round(decodes, 1),
                      "t4_minutes_estimate": round((evals * T4_UNET_S + decodes * T4_VAE_S) / 60, 1),
                      "gpu_gb_estimate": round(peaks[worst] + CUDA_CONTEXT_GB, 2), "worst_cell": worst,
-                     "held_gb_at_full_steps": round(max(c["held"] for c in cells) * scale / 2 ** 30, 2),
+                     "held_gb_at_full_steps": round(half * max(c["held"] for c in cells) * scale / 2 ** 30, 2),
+                     "peak_gb_measured": round(max(c["peak"] - base for c in cells) / 2 ** 30, 2),
                      "cpu_seconds_fullsize": round(sum(c["seconds"] for c in cells)), "steps": steps_full,
                      "fits_t4": peaks[worst] + CUDA_CONTEXT_GB <= T4_GB, "wall_s": round(time.time() - start)}
             report["notebooks"][name] = entry

@@ -467,6 +467,9 @@ BROKEN_ADD = {
     "exiting": "def add(a, b):\n    import os\n    os._exit(1)",
     "swallowing": "def add(a, b):\n    while True:\n        try:\n            while True:\n"
                   "                pass\n        except BaseException:\n            pass",
+    # a method of the student's class (notebook 05's MapRecorder is one): stopped in the rerun too
+    "exiting_method": "class Adder:\n    def __call__(self, a, b):\n        import os\n        os._exit(1)\n\n"
+                      "add = Adder()",
 }
 BUSY = "while True:\n    add(1, 2)"  # a cell looping over a fast function: the cell is stopped, not `add`
 
@@ -506,11 +509,13 @@ def test_a_broken_exercise_is_paid_for_once(broken):
         assert "in one call and was stopped at the 4 s limit of cell 1" in outputs[name]["add"], outputs[name]
         assert "fails at once" in outputs[name]["add"]
     assert "ended the grading process (os._exit) in cell 1" in outputs["exiting"]["add"]
+    assert "`Adder.__call__` ended the grading process" in logs["exiting_method"], logs["exiting_method"]
+    assert "ended the grading process (os._exit) in cell 1" in outputs["exiting_method"]["add"]  # not again
     # the hanging call costs the checking cell's limit; the three later calls fail at once
     hanging = logs["hanging"]
     assert hanging.count("took longer than") == 1 and "cell 1 took longer than" in hanging, hanging
     assert hanging.count("FunctionStopped") == 3 and "run again" not in hanging, hanging
-    for name in ("exiting", "swallowing"):  # one rerun, with `add` failing at once in it
+    for name in ("exiting", "swallowing", "exiting_method"):  # one rerun, with `add` failing at once in it
         assert logs[name].count("run again without it") == 1, logs[name]
 
 

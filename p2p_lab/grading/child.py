@@ -253,8 +253,13 @@ class _Child:
         stops a function as soon as the cell defining it ran)."""
         if self.stopped and self.ns is not None:
             for value in list(self.ns.values()):
-                if isinstance(value, types.FunctionType) and _key(value.__code__) in self.stopped:
-                    self.disable(value)
+                # the student's functions, and the methods of the student's classes (a processor class)
+                members = list(vars(value).values()) if isinstance(value, type) and \
+                    getattr(value, "__module__", None) == self.ns.get("__name__") else [value]
+                for fn in members:
+                    fn = getattr(fn, "__func__", fn)  # staticmethod / classmethod
+                    if isinstance(fn, types.FunctionType) and _key(fn.__code__) in self.stopped:
+                        self.disable(fn)
 
     def exit(self, status=0):
         """``os._exit`` for student code: announce the student functions calling it, then exit.
