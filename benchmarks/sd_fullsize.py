@@ -50,8 +50,12 @@ def _status(key):
         if line.startswith(key):
             return int(line.split()[1]) * 1024
 
-def _area(x):
-    return x.shape[0] * x.shape[-2] * x.shape[-1] / 64 ** 2
+# the model's own latent side (SD v1: 64 for 512 px): a call at that size counts 1 per image, so the
+# tiny stand-in's counts are real SD's (its latents are smaller, the call pattern is the same)
+SIDE = json.loads((Path(os.environ["P2P_LAB_MODEL"]) / "unet" / "config.json").read_text())["sample_size"]
+
+def _area(x, side=SIDE):
+    return x.shape[0] * x.shape[-2] * x.shape[-1] / side ** 2
 
 def _wrap_unet():
     from diffusers import UNet2DConditionModel
@@ -63,10 +67,10 @@ def _wrap_unet():
 
 def _wrap_vae():
     from diffusers import AutoencoderKL
-    for name, scale in (("decode", 1), ("encode", 1 / 64)):
+    for name, side in (("decode", SIDE), ("encode", SIDE * 8)):  # latents in, or images in
         original = getattr(AutoencoderKL, name)
-        def counted(self, x, *a, _orig=original, _scale=scale, **k):
-            state["decodes"] += _area(x) * _scale
+        def counted(self, x, *a, _orig=original, _side=side, **k):
+            state["decodes"] += _area(x, _side)
             return _orig(self, x, *a, **k)
         setattr(AutoencoderKL, name, counted)
 
