@@ -37,23 +37,20 @@ NULL_WRONG = {
 }
 
 
-def test_inverse_step_check_passes_a_solution():
-    assert checks.check_ddim_inverse_step(inverse).passed
+EXERCISES = {"ddim_inverse_step": (checks.check_ddim_inverse_step, inverse, INVERSE_WRONG),
+             "null_text_loss": (checks.check_null_text_loss, null_loss, NULL_WRONG)}
 
 
-@pytest.mark.parametrize("name", INVERSE_WRONG)
-def test_inverse_step_check_names_mistake(name):
-    result = checks.check_ddim_inverse_step(INVERSE_WRONG[name])
-    assert not result.passed and result.mistake == name, result
+@pytest.mark.parametrize("exercise", EXERCISES)
+def test_check_passes_a_solution(exercise):
+    check, solution, _ = EXERCISES[exercise]
+    assert check(solution).passed
 
 
-def test_null_text_loss_check_passes_a_solution():
-    assert checks.check_null_text_loss(null_loss).passed
-
-
-@pytest.mark.parametrize("name", NULL_WRONG)
-def test_null_text_loss_check_names_mistake(name):
-    result = checks.check_null_text_loss(NULL_WRONG[name])
+@pytest.mark.parametrize("exercise, name", [(e, n) for e, (_, _, wrong) in EXERCISES.items() for n in wrong])
+def test_check_names_mistake(exercise, name):
+    check, _, wrong = EXERCISES[exercise]
+    result = check(wrong[name])
     assert not result.passed and result.mistake == name, result
 
 

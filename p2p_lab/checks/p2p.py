@@ -11,7 +11,6 @@ attention layers.
 """
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import torch
