@@ -431,7 +431,7 @@ def decode(pipe, latents: Tensor) -> Tensor:
     """
     vae = _vae(pipe)
     z = latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor
-    x = vae.decode(z).sample  # (batch, 3, H, W) in about [-1, 1]
+    x = torch.cat([vae.decode(part).sample for part in _vae_chunks(vae, z, latent=True)])  # (batch, 3, H, W), about [-1, 1]
     return (x / 2 + 0.5).clamp(0, 1)
 
 
@@ -447,9 +447,23 @@ def encode(pipe, images: Tensor, sample: bool = False, generator: torch.Generato
         raise ValueError(f"encode expects images of shape (batch, 3, H, W) in [0, 1], got "
                          f"{tuple(images.shape)}; use image_to_tensor for an (H, W, 3) array")
     x = images.to(device=vae.device, dtype=vae.dtype) * 2 - 1  # (batch, 3, H, W) in [-1, 1]
-    dist = vae.encode(x).latent_dist
-    z = dist.sample(generator) if sample else dist.mean  # (batch, C, h, w)
+    dists = [vae.encode(part).latent_dist for part in _vae_chunks(vae, x, latent=False)]
+    z = torch.cat([d.sample(generator) if sample else d.mean for d in dists])  # (batch, C, h, w)
     return z * vae.config.scaling_factor
+
+
+# The autoencoder's activations at full resolution dominate the memory of a big batch (a 512-px image
+# in fp16 holds about a gigabyte of them at once), so decode and encode go through it a few images at
+# a time. Every image is processed on its own anyway (GroupNorm normalises per image), so the result
+# is the same as one call on the whole batch; the shipped model's small images go through in one piece.
+VAE_CHUNK_PIXELS = 2 * 512 * 512  # image pixels per autoencoder call: two Stable Diffusion images
+
+
+def _vae_chunks(vae, x: Tensor, latent: bool):
+    f = 2 ** (len(vae.config.block_out_channels) - 1)  # image pixels per latent pixel, each way (SD: 8)
+    pixels = x.shape[-2] * x.shape[-1] * (f * f if latent else 1)
+    per_call = max(1, VAE_CHUNK_PIXELS // pixels)
+    return x.split(per_call)
 
 
 def image_to_tensor(image, size: int | None = None) -> Tensor:

@@ -145,6 +145,26 @@ def test_encode_decode_shapes(request, fixture, size, latent):
         ldm.encode(pipe, x[0])
 
 
+def test_decode_and_encode_split_big_batches(sd_like_pipe, monkeypatch):
+    """A batch bigger than one autoencoder call goes through in pieces (the memory of a 512-px batch),
+    and gives what one diffusers call on the whole batch gives."""
+    pipe = sd_like_pipe
+    x = torch.rand(5, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+    calls = []
+    for name in ("encode", "decode"):
+        original = getattr(pipe.vae, name)
+        monkeypatch.setattr(pipe.vae, name, lambda t, *a, _o=original, _n=name, **k: calls.append((_n, len(t))) or _o(t, *a, **k))
+    monkeypatch.setattr(ldm, "VAE_CHUNK_PIXELS", 2 * 128 * 128)  # two of these images per call
+    z = ldm.encode(pipe, x)
+    y = ldm.decode(pipe, z)
+    assert calls == [("encode", 2), ("encode", 2), ("encode", 1), ("decode", 2), ("decode", 2), ("decode", 1)]
+    monkeypatch.undo()
+    with torch.no_grad():
+        whole_z = pipe.vae.encode(x * 2 - 1).latent_dist.mean * pipe.vae.config.scaling_factor
+        whole_y = (pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+    assert torch.allclose(z, whole_z, atol=1e-5) and torch.allclose(y, whole_y, atol=1e-5)
+
+
 def test_image_to_tensor():
     import numpy as np
 
