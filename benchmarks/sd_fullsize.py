@@ -106,10 +106,18 @@ def run_notebook(name: str, model: Path, env: dict, work: Path) -> list[dict]:
     (ipython / "profile_default" / "startup").mkdir(parents=True, exist_ok=True)
     (ipython / "profile_default" / "startup" / "00-bench.py").write_text(STARTUP)
     log = work / f"{name}-{model.name}.jsonl"
-    execute_notebook(ROOT / "notebooks" / f"{name}.ipynb", cwd=work, timeout=7200,
-                     env={"P2P_LAB_MODEL": str(model), "IPYTHONDIR": str(ipython),
-                          "P2P_BENCH_LOG": str(log), "MPLBACKEND": "Agg", **env})
-    return [json.loads(line) for line in log.read_text().splitlines()]
+    try:
+        execute_notebook(ROOT / "notebooks" / f"{name}.ipynb", cwd=work, timeout=7200,
+                         env={"P2P_LAB_MODEL": str(model), "IPYTHONDIR": str(ipython),
+                              "P2P_BENCH_LOG": str(log), "MPLBACKEND": "Agg", **env})
+        failed = None
+    except Exception as err:  # a cell raised, or the kernel died (out of memory): report what ran
+        failed = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:200] if str(err).strip() else ''}"
+    cells = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    if failed:
+        print(f"{name} on {model.name}: stopped after {len(cells)} cells ({failed})", flush=True)
+        cells.append({"failed": failed})
+    return cells
 
 
 def main(argv=None) -> dict:
@@ -137,7 +145,7 @@ def main(argv=None) -> dict:
         tiny = save_sd_standin(work / "tiny")
         for name in names:
             start = time.time()
-            counts = run_notebook(name, tiny, {}, work)
+            counts = [c for c in run_notebook(name, tiny, {}, work) if "failed" not in c]
             steps_full = _full_steps(name)
             if args.work_only:
                 evals, decodes = sum(c["evals"] for c in counts), sum(c["decodes"] for c in counts)
@@ -149,6 +157,7 @@ def main(argv=None) -> dict:
                       f"(estimate)", flush=True)
                 continue
             cells = run_notebook(name, full, {"P2P_LAB_STEPS": str(args.steps), "P2P_LAB_DTYPE": args.dtype}, work)
+            failed = cells.pop()["failed"] if cells and "failed" in cells[-1] else None
             base = cells[1]["rss"] if len(cells) > 1 else cells[0]["rss"]  # after the set-up cell's imports
             scale = steps_full / args.steps
             half = 0.5 if args.dtype == "float32" else 1.0  # fp16 holds every value in half the bytes
@@ -162,7 +171,9 @@ def main(argv=None) -> dict:
                      "held_gb_at_full_steps": round(half * max(c["held"] for c in cells) * scale / 2 ** 30, 2),
                      "peak_gb_measured": round(max(c["peak"] - base for c in cells) / 2 ** 30, 2),
                      "cpu_seconds_fullsize": round(sum(c["seconds"] for c in cells)), "steps": steps_full,
-                     "fits_t4": peaks[worst] + CUDA_CONTEXT_GB <= T4_GB, "wall_s": round(time.time() - start)}
+                     "fits_t4": peaks[worst] + CUDA_CONTEXT_GB <= T4_GB, "wall_s": round(time.time() - start),
+                     "cells_measured": len(cells), "stopped": failed,
+                     "cell_peaks_gb": [round(p, 2) for p in peaks]}
             report["notebooks"][name] = entry
             print(f"{name}: {entry['unet_image_evals']:g} UNet image-evaluations at {steps_full} steps -> about "
                   f"{entry['t4_minutes_estimate']:g} min on a T4 (estimate); peak about {entry['gpu_gb_estimate']:g} GB "
