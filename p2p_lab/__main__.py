@@ -12,7 +12,7 @@ def _add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
         if f.type in (bool, "bool"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         else:
-            kind = {"int": int, "float": float, "str": str}.get(str(f.type), type(f.default))
+            kind = {"int": int, "float": float, "str": str, "str | None": str}.get(str(f.type), type(f.default))
             parser.add_argument(flag, type=kind, default=f.default, metavar=kind.__name__.upper())
 
 

@@ -62,6 +62,9 @@ class TrainConfig:
     attn_loss_weight: float = 0.05  # 0 switches the auxiliary attention loss off
     context_swap: float = 0.5  # fraction of captions whose tokens after the object words are encoded
     # from a decoy caption naming another object (see decoy_caption); 0 switches it off
+    word_decoys: float = 0.0  # fraction of captions whose object words are each encoded after decoy
+    # earlier object words (see encode_captions; the shipped model was trained without: 0)
+    init_from: str | None = None  # a pipeline folder whose UNet and text encoder start the UNet stage
     checkpoint_every: int = 500
     export_every: int = 2000  # also exports to <out>/pipeline for a look while training
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
@@ -416,20 +419,51 @@ def encode_dataset(cfg: TrainConfig, vae, data, device) -> dict[str, torch.Tenso
 
 def encode_captions(tokenizer, text_encoder, texts, rng, cfg: TrainConfig, device) -> torch.Tensor:
     """c = E(caption), with the tokens after the object words encoded from a decoy caption for a
-    ``context_swap`` share of the captions (see :func:`decoy_caption`). Shape (b, L, D)."""
+    ``context_swap`` share of the captions (see :func:`decoy_caption`), and for a ``word_decoys``
+    share each object word after the first encoded after decoys of the earlier ones. Shape (b, L, D)."""
     length = tokenizer.model_max_length
     ids = tokenizer(list(texts), padding="max_length", max_length=length, truncation=True,
                     return_tensors="pt").input_ids.to(device)  # (b, L)
     cond = text_encoder(ids)[0]  # (b, L, D)
-    if cfg.context_swap <= 0:
+    decoys = list(texts)
+    if cfg.context_swap > 0:
+        swap = [bool(x) and rng.random() < cfg.context_swap for x in texts]
+        decoys = [decoy_caption(x, rng, tokenizer) if sw else x for x, sw in zip(texts, swap)]
+        pos = torch.arange(length)
+        tail = torch.stack([(pos >= context_start(tokenizer, x, length)) & sw for x, sw in zip(texts, swap)])  # (b, L)
+        dec_ids = tokenizer(decoys, padding="max_length", max_length=length, truncation=True,
+                            return_tensors="pt").input_ids.to(device)
+        cond = torch.where(tail.to(device)[..., None], text_encoder(dec_ids)[0], cond)
+    if cfg.word_decoys <= 0:
         return cond
-    swap = [bool(x) and rng.random() < cfg.context_swap for x in texts]
-    decoys = [decoy_caption(x, rng, tokenizer) if sw else x for x, sw in zip(texts, swap)]
-    pos = torch.arange(length)
-    tail = torch.stack([(pos >= context_start(tokenizer, x, length)) & sw for x, sw in zip(texts, swap)])  # (b, L)
-    dec_ids = tokenizer(decoys, padding="max_length", max_length=length, truncation=True,
+    # word decoys: "a big red circle ..." -> "big" as it is, "red" encoded in "a small red ...", "circle"
+    # in "a small green circle ...": each object word's embedding then carries its own attribute and
+    # decoys of the earlier ones, so the model must read size, colour and shape from each word's own
+    # token (the causal encoder otherwise writes "big" into "red" and "circle" too)
+    variants, where = [], []  # extra captions to encode, and (row, token positions) to take from each
+    for b, (x, d) in enumerate(zip(texts, decoys)):
+        if not x or rng.random() >= cfg.word_decoys:
+            continue
+        d = d if d != x else decoy_caption(x, rng, tokenizer)
+        words, fake = x.split(), d.split()
+        groups = word_groups(tokenizer, words, length)
+        n_obj = words.index("on") if "on" in words else len(words)
+        for k in range(2, n_obj):  # object words after the first (word 0 is the article)
+            if groups[k] and word_groups(tokenizer, fake[:k] + words[k:], length)[k] == groups[k]:
+                variants.append(" ".join(fake[:k] + words[k:]))
+                where.append((b, groups[k]))
+    if not variants:
+        return cond
+    var_ids = tokenizer(variants, padding="max_length", max_length=length, truncation=True,
                         return_tensors="pt").input_ids.to(device)
-    return torch.where(tail.to(device)[..., None], text_encoder(dec_ids)[0], cond)
+    encoded = text_encoder(var_ids)[0]  # (n_variants, L, D)
+    take = torch.zeros(cond.shape[:2], dtype=torch.long, device=device) - 1  # (b, L): which variant, or -1
+    for v, (b, positions) in enumerate(where):
+        take[b, positions] = v
+    rows, cols = (take >= 0).nonzero(as_tuple=True)
+    cond = cond.clone()
+    cond[rows, cols] = encoded[take[rows, cols], cols]
+    return cond
 
 
 def forward_noise(z0, abar, g):
@@ -447,6 +481,12 @@ def train_ldm(cfg: TrainConfig, mcfg: ModelConfig, tokenizer, lat, data, vae, ac
     ||eps - eps_theta(sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps, t, c)||^2 + attn_loss_weight L_attn.
     The EMA of the weights (decay min(ema, (1 + n) / (10 + n)) after n steps) is what ships."""
     unet, text_encoder = build_unet(mcfg), build_text_encoder(mcfg, tokenizer)
+    if cfg.init_from:  # a fine-tune: start from a trained pipeline's weights
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(cfg.init_from, subfolder="unet").state_dict())
+        text_encoder.load_state_dict(CLIPTextModel.from_pretrained(cfg.init_from, subfolder="text_encoder").state_dict())
     ema_unet, ema_text = build_unet(mcfg), build_text_encoder(mcfg, tokenizer)
     ema_unet.load_state_dict(unet.state_dict())
     ema_text.load_state_dict(text_encoder.state_dict())

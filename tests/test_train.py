@@ -145,3 +145,51 @@ def test_context_swap_changes_training(tmp_path):
         w[swap] = load_file(str(out / "ldm" / "unet.safetensors"))
     assert not all(torch.equal(w["0"][k], w["1.0"][k]) for k in w["0"])
     assert TrainConfig().context_swap > 0  # the shipped model was trained with decoys
+
+
+def test_word_decoys_encode_each_object_word_after_decoys_of_the_earlier_ones():
+    """With word decoys, "red" in "a big red circle ..." is the embedding of "red" after another size,
+    "circle" that of "circle" after another size and colour; everything else is the caption's own.
+    Checked against the text encoder run on such hand-built captions (it is causal: a token's
+    embedding depends only on the tokens up to it)."""
+    from p2p_lab import shapes
+    from p2p_lab.model import ModelConfig, build_text_encoder
+    from p2p_lab.tokenizer import build_tokenizer
+    from p2p_lab.train import encode_captions
+
+    tok = build_tokenizer(Path(tempfile.mkdtemp()) / "bpe")
+    enc = build_text_encoder(ModelConfig(), tok)
+    texts = ["a big red circle on a blue background", "", "a square on a red background"]
+    cond = encode_captions(tok, enc, texts, np.random.default_rng(0),
+                           TrainConfig(context_swap=0.0, word_decoys=1.0), "cpu")
+
+    def E(text):
+        ids = tok([text], padding="max_length", max_length=16, return_tensors="pt").input_ids
+        return enc(ids)[0][0]
+
+    own = E(texts[0])
+    assert torch.allclose(cond[0, :3], own[:3]) and torch.allclose(cond[0, 5:], own[5:])  # start, "a", "big"; the rest
+    sizes = [s for s in shapes.SIZES if s != "big"]
+    colours = [c for c in shapes.COLORS if c not in ("red", "blue") and len(tok(c, add_special_tokens=False).input_ids) == 1]
+    red_after = [E(f"a {s} red circle on a blue background")[3] for s in sizes]
+    circle_after = [E(f"a {s} {c} circle on a blue background")[4] for s in sizes for c in colours]
+    assert any(torch.allclose(cond[0, 3], r, atol=1e-6) for r in red_after)
+    assert any(torch.allclose(cond[0, 4], r, atol=1e-6) for r in circle_after)
+    assert not torch.allclose(cond[0, 3], own[3]) and not torch.allclose(cond[0, 4], own[4])
+    # a dropped caption and a caption with one object word are their own encodings
+    assert torch.allclose(cond[1], E("")) and torch.allclose(cond[2], E(texts[2]))
+    cond.sum().backward()  # the decoy encodings train the text encoder too
+    assert enc.get_input_embeddings().weight.grad is not None
+    # off (the shipped model's setting): the plain encoding
+    plain = encode_captions(tok, enc, texts, np.random.default_rng(0), TrainConfig(context_swap=0.0), "cpu")
+    assert torch.allclose(plain[0], own) and TrainConfig().word_decoys == 0
+
+
+def test_init_from_starts_the_unet_stage_from_a_pipeline(tmp_path):
+    src = run(tmp_path, "a", 2)
+    out = tmp_path / "b"
+    assert cli(["train", "--out", str(out), "--export", str(out / "export"), "--steps", "0",
+                "--init-from", str(src / "export"), *TINY]) == 0
+    a = load_file(str(src / "export" / "unet" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(out / "export" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # no steps: the exported weights are the start's
