@@ -427,3 +427,32 @@ def test_reweight_per_target_equals_one_edit_per_scale(shipped_pipe):
         assert close(batch.images[k + 1], one.images[1], 1e-4)
     with pytest.raises(ValueError, match="one dict per target"):
         edit(shipped_pipe, S, [S, S], reweight=[{"blue": 0.0}], **FAST)
+
+
+def test_reweight_response_measures_each_scale_against_the_unedited_picture(shipped_pipe):
+    """reweight_response's changes are the measures (metrics.object_measures) of separate edits, one
+    scale each, minus the measure of the plain sample of the prompt (scale 1 leaves it unedited)."""
+    from p2p_lab.metrics import object_measures
+    from p2p_lab.p2p import reweight_response
+
+    from p2p_lab.model import sampling_defaults
+
+    prompt, steps, w = "a big red circle on a blue background", 4, sampling_defaults(shipped_pipe).guidance_scale
+    got = reweight_response(shipped_pipe, prompt, {"blue": "bg_hue", "circle": "area"}, (0.0, 1.0, 3.0),
+                            seeds=(0, 1), num_inference_steps=steps)
+    for word, what in (("blue", "bg_hue"), ("circle", "area")):
+        want = []
+        for c in (0.0, 1.0, 3.0):
+            per_seed = []
+            for seed in (0, 1):
+                plain = ldm.sample(shipped_pipe, prompt, seed, steps, w).numpy()[0]
+                one = edit(shipped_pipe, prompt, prompt, reweight={word: c}, seed=seed,
+                           num_inference_steps=steps).target_images[0]
+                d = object_measures(one)[what] - object_measures(plain)[what]
+                per_seed.append((d + 180) % 360 - 180 if what == "bg_hue" else d)
+            want.append(np.mean(per_seed))
+        assert np.allclose(got[word], want, atol=0.5), (word, got[word], want)
+        assert got[word][1] == 0.0
+    assert abs(got["blue"][0]) > 5  # the background word's column gone: the hue moves
+    with pytest.raises(ValueError, match="put 1.0 in the scales"):
+        reweight_response(shipped_pipe, prompt, {"blue": "bg_hue"}, (0.0, 2.0))

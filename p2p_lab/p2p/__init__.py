@@ -12,7 +12,7 @@ from .align import (global_alignment, refine_mapper, refine_matrix, replace_mapp
 from .blend import LocalBlend  # noqa: F401
 from .cache import SourceCache  # noqa: F401
 from .controls import EditPlan, build_plan  # noqa: F401
-from .edit import EditResult, edit  # noqa: F401
+from .edit import EditResult, edit, reweight_response  # noqa: F401
 from .inversion import METHODS as INVERSION_METHODS, Inversion, invert  # noqa: F401
 from ..unet_attention import AttentionHook, LayerInfo, attention_layers, hooked  # noqa: F401
 from ..ldm import fixed_seed  # noqa: F401  (the baseline of notebook 04)

@@ -291,3 +291,33 @@ def _blend_state(local_blend, tok, prompts, layers, latent_hw, n):
     if not isinstance(local_blend, LocalBlend):
         local_blend = LocalBlend(local_blend)
     return BlendState(local_blend, tok, prompts, layers, latent_hw, n)
+
+
+def reweight_response(pipe, prompt: str, reads: dict, scales, seeds=(0, 1, 2),
+                      num_inference_steps: int | None = None) -> dict:
+    """How much each word's re-weighting changes the picture: ``{word: changes}``, one change per scale.
+
+    reads: ``{word: measure}``, a measure of :func:`p2p_lab.metrics.object_measures` (``"radius"``,
+    ``"area"``, ``"hue"``, ``"bg_hue"``). For each word and seed, one edit of ``prompt`` into itself
+    re-weights the word by every scale (each scale a target row, the source shared); the change is
+    the measure at that scale minus the measure at scale 1 (the unedited picture; hues wrap to
+    -180..180 degrees), averaged over the seeds (nan where the scorer found no object).
+    """
+    from ..metrics import object_measures
+
+    scales, seeds = [float(c) for c in scales], list(seeds)
+    if 1.0 not in scales:
+        raise ValueError(f"reweight_response measures changes from the unedited picture: put 1.0 in the "
+                         f"scales (got {scales})")
+    unedited = scales.index(1.0)
+    out = {}
+    for word, what in reads.items():
+        total = np.zeros(len(scales))
+        for seed in seeds:
+            res = edit(pipe, prompt, [prompt] * len(scales), reweight=[{word: c} for c in scales],
+                       seed=seed, num_inference_steps=num_inference_steps)
+            vals = np.array([object_measures(img)[what] for img in res.target_images])
+            delta = vals - vals[unedited]
+            total += (delta + 180) % 360 - 180 if "hue" in what else delta
+        out[word] = total / len(seeds)
+    return out
