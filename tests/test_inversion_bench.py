@@ -78,3 +78,17 @@ def test_quick_run(ev, shipped_pipe, capsys):
     assert [(d["guidance"], d["inverted_at"]) for d in out["drift"]] == [(1.0, 1.0), (4.0, 1.0), (4.0, 4.0)]
     assert out["goals"]["pie_bench_order"] == ["direct", "null-text", "negative-prompt", "ddim"]
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == out
+
+
+def test_variants_defaults_agree_with_inversion_eval(ev, shipped_pipe, capsys):
+    """benchmarks/inversion_variants.py edits each target on its own; at the defaults its scores are
+    inversion_eval's DirectInversion scores (three targets in one edit) on the same scenes."""
+    spec = importlib.util.spec_from_file_location("inversion_variants", BENCH.parent / "inversion_variants.py")
+    var = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(var)
+    got = var.main(["--scenes", "2", "--steps", "3"], pipe=shipped_pipe)
+    ref = ev.main(["--scenes", "2", "--steps", "3", "--methods", "direct", "--drift-scenes", "0"], pipe=shipped_pipe)
+    defaults = got["variants"]["defaults (cross tau 0.8, self tau 0.4)"]
+    for kind in ("color", "shape", "background"):
+        assert defaults["by_edit"][kind] == ref["methods"]["direct"]["by_edit"][kind]["edit_success"]
+    assert set(got["variants"]) == set(var.VARIANTS)
