@@ -9,7 +9,8 @@ assumption:
 2. **Memory** (full-size stand-in: SD v1's real configs, random weights, ``--dtype`` bfloat16 = fp16's
    2 bytes per value, on the CPU, ``--steps`` sampling steps; ``--dtype float32`` runs far faster on
    a CPU without bfloat16 instructions, and its peaks are halved for the fp16 estimate): each cell's peak resident memory
-   (VmHWM, reset before every cell) above the kernel's memory after its imports, plus what the
+   (VmHWM, reset before every cell) above the kernel's memory after the set-up cell's imports (the
+   model's weights count: they load later), plus what the
    live AttentionStores and SourceCaches hold after the cell, scaled from ``--steps`` to the
    notebook's own steps (they grow with the step count; the rest of the peak does not).
 3. **Assumed** T4 speeds (not measured here): T4_UNET_S per 512-px UNet image-evaluation in fp16
@@ -19,7 +20,7 @@ assumption:
 Prints one line per notebook and a JSON object as the last line. The full-size folder (2 GB) is
 written to ``runs/`` (outside git) on first use. Takes tens of minutes on 2 CPU cores.
 
-    python benchmarks/sd_fullsize.py [--steps 2] [--notebooks 02 04 05 06] [--dtype float32] [--work-only]
+    python benchmarks/sd_fullsize.py [--steps 2] [--notebooks 02 04 05 06] [--dtype float32] [--work-only | --memory-only | --ops]
 """
 from __future__ import annotations
 
@@ -105,7 +106,9 @@ def run_notebook(name: str, model: Path, env: dict, work: Path) -> list[dict]:
     ipython = work / f"ipython-{name}"
     (ipython / "profile_default" / "startup").mkdir(parents=True, exist_ok=True)
     (ipython / "profile_default" / "startup" / "00-bench.py").write_text(STARTUP)
-    log = work / f"{name}-{model.name}.jsonl"
+    log = ROOT / "runs" / "sd_fullsize_logs" / f"{name}-{model.name}.jsonl"  # kept: one line per cell
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.unlink(missing_ok=True)
     try:
         execute_notebook(ROOT / "notebooks" / f"{name}.ipynb", cwd=work, timeout=7200,
                          env={"P2P_LAB_MODEL": str(model), "IPYTHONDIR": str(ipython),
@@ -128,6 +131,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--work-only", action="store_true", help="count the work (T4 time estimate) only, "
                     "without the full-size memory run")
+    ap.add_argument("--ops", action="store_true", help="only the peak memory of notebook 06's null-text "
+                    "inversion and four-target edit at full size (measure_ops), not the notebooks")
+    ap.add_argument("--memory-only", action="store_true", help="the full-size memory run only, without "
+                    "counting the work on the small stand-in (no T4 time estimate)")
     args = ap.parse_args(argv)
     import torch
 
@@ -136,6 +143,10 @@ def main(argv=None) -> dict:
     full = Path(args.folder)
     if not args.work_only and not (full / "model_index.json").exists():
         save_sd_standin(full, size="full", dtype=torch.float16)
+    if args.ops:
+        report = {"ops": measure_ops(full, args.steps, args.dtype), "memory_run": {"steps": args.steps, "dtype": args.dtype}}
+        print(json.dumps(report))
+        return report
     names = [p.stem for p in sorted((ROOT / "notebooks").glob("*.ipynb"))
              if p.stem.split("_")[0] in args.notebooks]
     report = {"assumed": {"t4_unet_s": T4_UNET_S, "t4_vae_s": T4_VAE_S, "cuda_context_gb": CUDA_CONTEXT_GB},
@@ -145,7 +156,7 @@ def main(argv=None) -> dict:
         tiny = save_sd_standin(work / "tiny")
         for name in names:
             start = time.time()
-            counts = [c for c in run_notebook(name, tiny, {}, work) if "failed" not in c]
+            counts = [] if args.memory_only else [c for c in run_notebook(name, tiny, {}, work) if "failed" not in c]
             steps_full = _full_steps(name)
             if args.work_only:
                 evals, decodes = sum(c["evals"] for c in counts), sum(c["decodes"] for c in counts)
@@ -158,15 +169,17 @@ def main(argv=None) -> dict:
                 continue
             cells = run_notebook(name, full, {"P2P_LAB_STEPS": str(args.steps), "P2P_LAB_DTYPE": args.dtype}, work)
             failed = cells.pop()["failed"] if cells and "failed" in cells[-1] else None
-            base = cells[1]["rss"] if len(cells) > 1 else cells[0]["rss"]  # after the set-up cell's imports
+            base = cells[0]["rss"]  # after the set-up cell's imports, before the model loads (its weights count)
             scale = steps_full / args.steps
             half = 0.5 if args.dtype == "float32" else 1.0  # fp16 holds every value in half the bytes
             peaks = [half * (c["peak"] - base + c["held"] * (scale - 1)) / 2 ** 30 for c in cells]
             evals = sum(c["evals"] for c in counts)
             decodes = sum(c["decodes"] for c in counts)
             worst = max(range(len(peaks)), key=peaks.__getitem__)
-            entry = {"unet_image_evals": round(evals, 1), "vae_calls_512px": round(decodes, 1),
-                     "t4_minutes_estimate": round((evals * T4_UNET_S + decodes * T4_VAE_S) / 60, 1),
+            entry = {"unet_image_evals": None if args.memory_only else round(evals, 1),
+                     "vae_calls_512px": None if args.memory_only else round(decodes, 1),
+                     "t4_minutes_estimate": None if args.memory_only else
+                     round((evals * T4_UNET_S + decodes * T4_VAE_S) / 60, 1),
                      "gpu_gb_estimate": round(peaks[worst] + CUDA_CONTEXT_GB, 2), "worst_cell": worst,
                      "held_gb_at_full_steps": round(half * max(c["held"] for c in cells) * scale / 2 ** 30, 2),
                      "peak_gb_measured": round(max(c["peak"] - base for c in cells) / 2 ** 30, 2),
@@ -175,11 +188,64 @@ def main(argv=None) -> dict:
                      "cells_measured": len(cells), "stopped": failed,
                      "cell_peaks_gb": [round(p, 2) for p in peaks]}
             report["notebooks"][name] = entry
-            print(f"{name}: {entry['unet_image_evals']:g} UNet image-evaluations at {steps_full} steps -> about "
-                  f"{entry['t4_minutes_estimate']:g} min on a T4 (estimate); peak about {entry['gpu_gb_estimate']:g} GB "
-                  f"(cell {worst}; estimate from the full-size stand-in on the CPU)", flush=True)
+            work_line = "" if args.memory_only else (
+                f"{entry['unet_image_evals']:g} UNet image-evaluations at {steps_full} steps -> about "
+                f"{entry['t4_minutes_estimate']:g} min on a T4 (estimate); ")
+            print(f"{name}: {work_line}peak about {entry['gpu_gb_estimate']:g} GB (code cell {worst}; estimate "
+                  f"from the full-size stand-in on the CPU){'; stopped: ' + failed if failed else ''}", flush=True)
     print(json.dumps(report))
     return report
+
+
+OPS = r"""
+import json, sys, time
+from pathlib import Path
+import numpy as np
+import torch
+from p2p_lab import p2p
+from p2p_lab.model import load_pipeline
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+
+folder, steps, dtype = sys.argv[1], int(sys.argv[2]), getattr(torch, sys.argv[3])
+start = status("VmRSS")
+pipe = load_pipeline(folder, device="cpu", dtype=dtype)
+size = p2p.inversion.image_size(pipe)
+image = np.random.default_rng(0).random((size, size, 3)).astype(np.float32)
+prompt, rows = "a photograph of a cat", ["a photograph of a tiger", "a photograph of a dog",
+                                         "a photograph of a fluffy cat", "a photograph of a cat"]
+out = {"weights": status("VmRSS") - start}
+def measure(name, fn):
+    Path("/proc/self/clear_refs").write_text("5")
+    t0 = time.time()
+    result = fn()
+    out[name] = {"peak": status("VmHWM") - start, "seconds": time.time() - t0}
+    return result
+inv = measure("null_text_inversion", lambda: p2p.invert(pipe, image, prompt, "null-text", num_inference_steps=steps,
+                                                        num_inner_steps=1, early_stop=0.0, progress=False))
+measure("edit_4_targets", lambda: p2p.edit(pipe, prompt, rows, inversion=inv, progress=False))
+print(json.dumps(out))
+"""
+
+
+def measure_ops(full: Path, steps: int, dtype: str) -> dict:
+    """Peak memory of the two operations of notebook 06 that no other notebook runs: null-text
+    inversion (a backward pass through the UNet at 512 px, one Adam step per timestep: the peak does
+    not depend on their number) and an edit of four targets from the inversion (notebook 06's
+    re-weighting cell: five rows, ten with guidance). In a fresh process, above its memory after
+    imports; scaled as the notebooks' peaks are."""
+    import subprocess
+
+    res = subprocess.run([sys.executable, "-c", OPS, str(full), str(steps), dtype], capture_output=True, text=True,
+                         check=True)
+    raw = json.loads(res.stdout.strip().splitlines()[-1])
+    half = 0.5 if dtype == "float32" else 1.0
+    return {"weights_gb": round(half * raw["weights"] / 2 ** 30, 2),
+            **{k: {"gpu_gb_estimate": round(half * v["peak"] / 2 ** 30 + CUDA_CONTEXT_GB, 2),
+                   "cpu_seconds_fullsize": round(v["seconds"])} for k, v in raw.items() if k != "weights"}}
 
 
 def _full_steps(name: str) -> int:
