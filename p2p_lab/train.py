@@ -64,7 +64,8 @@ class TrainConfig:
     # from a decoy caption naming another object (see decoy_caption); 0 switches it off
     word_decoys: float = 0.0  # fraction of captions whose object words are each encoded after decoy
     # earlier object words (see encode_captions; the shipped model was trained without: 0)
-    init_from: str | None = None  # a pipeline folder whose UNet and text encoder start the UNet stage
+    init_from: str | None = None  # a pipeline folder to fine-tune: its UNet and text encoder start the
+    # UNet stage, its autoencoder is kept (no autoencoder stages)
     checkpoint_every: int = 500
     export_every: int = 2000  # also exports to <out>/pipeline for a look while training
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
@@ -457,12 +458,9 @@ def encode_captions(tokenizer, text_encoder, texts, rng, cfg: TrainConfig, devic
     var_ids = tokenizer(variants, padding="max_length", max_length=length, truncation=True,
                         return_tensors="pt").input_ids.to(device)
     encoded = text_encoder(var_ids)[0]  # (n_variants, L, D)
-    take = torch.zeros(cond.shape[:2], dtype=torch.long, device=device) - 1  # (b, L): which variant, or -1
-    for v, (b, positions) in enumerate(where):
-        take[b, positions] = v
-    rows, cols = (take >= 0).nonzero(as_tuple=True)
     cond = cond.clone()
-    cond[rows, cols] = encoded[take[rows, cols], cols]
+    for v, (b, positions) in enumerate(where):
+        cond[b, positions] = encoded[v, positions]
     return cond
 
 
@@ -581,13 +579,20 @@ def main(cfg: TrainConfig, mcfg: ModelConfig | None = None) -> Path:
         data = render_dataset(cfg.n_scenes, cfg.seed)
         np.savez(data_file, **data)
     t0 = time.time()
-    vae = train_vae(cfg, mcfg, data, accelerator)
-    lat = encode_dataset(cfg, vae, data, accelerator.device)
-    scale = float(1.0 / lat["mean"].std())
-    vae.register_to_config(scaling_factor=scale)
+    if cfg.init_from:  # a fine-tune: the pipeline's own autoencoder (its latents are the UNet's)
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(cfg.init_from, subfolder="vae")
+        with torch.no_grad():
+            lat = encode_dataset(cfg, vae.to(accelerator.device), data, accelerator.device)
+    else:
+        vae = train_vae(cfg, mcfg, data, accelerator)
+        lat = encode_dataset(cfg, vae, data, accelerator.device)
+        vae.register_to_config(scaling_factor=float(1.0 / lat["mean"].std()))
     vae = vae.cpu()
     unet, text_encoder = train_ldm(cfg, mcfg, tokenizer, lat, data, vae, accelerator)
-    vae = finetune_decoder(cfg, vae, data, accelerator)
+    if not cfg.init_from:
+        vae = finetune_decoder(cfg, vae, data, accelerator)
     export(Path(cfg.export), vae, unet, text_encoder, tokenizer)
     (out / "done.json").write_text(json.dumps({"seconds_this_run": time.time() - t0,
                                                "device": str(accelerator.device),

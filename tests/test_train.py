@@ -193,3 +193,5 @@ def test_init_from_starts_the_unet_stage_from_a_pipeline(tmp_path):
     a = load_file(str(src / "export" / "unet" / "diffusion_pytorch_model.safetensors"))
     b = load_file(str(out / "export" / "unet" / "diffusion_pytorch_model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)  # no steps: the exported weights are the start's
+    va, vb = (load_file(str(d / "export" / "vae" / "diffusion_pytorch_model.safetensors")) for d in (src, out))
+    assert all(torch.equal(va[k], vb[k]) for k in va)  # the pipeline's own autoencoder is kept
