@@ -48,6 +48,9 @@ def write_bpe_files(folder: str | Path, words: list[str] | None = None,
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    # the class named, so that transformers does not guess it from the folder's name (a temporary
+    # folder called ".../tmpcpm..." loaded as a CPM tokenizer's, with a warning)
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "CLIPTokenizer"}))
     return folder / "vocab.json", folder / "merges.txt"
 
 
