@@ -12,7 +12,8 @@ assumption:
    (VmHWM, reset before every cell) above the kernel's memory after the set-up cell's imports (the
    model's weights count: they load later), plus what the
    live AttentionStores and SourceCaches hold after the cell, scaled from ``--steps`` to the
-   notebook's own steps (they grow with the step count; the rest of the peak does not).
+   notebook's own steps (they grow with the step count; the rest of the peak does not), the caches
+   at most ``CACHE_TOTAL_BYTES`` together (the engine empties older caches beyond it).
 3. **Assumed** T4 speeds (not measured here): T4_UNET_S per 512-px UNet image-evaluation in fp16
    (about 2.5 guided steps per second for SD v1 at 512 px, the figure commonly reported for
    Colab's T4) and T4_VAE_S per 512-px decode; CUDA's own context CUDA_CONTEXT_GB.
@@ -75,11 +76,12 @@ def _wrap_vae():
             return _orig(self, x, *a, **k)
         setattr(AutoencoderKL, name, counted)
 
-def _held():
-    """Bytes held by every live AttentionStore and SourceCache (they grow with the step count)."""
+def _held(kind):
+    """Bytes held by every live AttentionStore or SourceCache (they grow with the step count)."""
     import gc
     from p2p_lab.p2p import AttentionStore, SourceCache
-    return sum(o.nbytes for o in gc.get_objects() if isinstance(o, (AttentionStore, SourceCache)))
+    cls = AttentionStore if kind == "stores" else SourceCache
+    return sum(o.nbytes for o in gc.get_objects() if isinstance(o, cls))
 
 def pre(info=None):
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
@@ -91,7 +93,7 @@ def post(result=None):
         f.write(json.dumps({"cell": state["cell"], "seconds": time.time() - state["t0"],
                             "peak": _status("VmHWM"), "rss": _status("VmRSS"),
                             "evals": state["evals"], "decodes": state["decodes"],
-                            "held": _held()}) + "\n")
+                            "stores": _held("stores"), "caches": _held("caches")}) + "\n")
 
 _wrap_unet(); _wrap_vae()
 ip = get_ipython()
@@ -172,7 +174,8 @@ def main(argv=None) -> dict:
             base = cells[0]["rss"]  # after the set-up cell's imports, before the model loads (its weights count)
             scale = steps_full / args.steps
             half = 0.5 if args.dtype == "float32" else 1.0  # fp16 holds every value in half the bytes
-            peaks = [half * (c["peak"] - base + c["held"] * (scale - 1)) / 2 ** 30 for c in cells]
+            peaks = [(half * (c["peak"] - base - c["stores"] - c["caches"] + c["stores"] * scale)
+                      + _caches_at_full_steps(c["caches"], half, scale)) / 2 ** 30 for c in cells]
             evals = sum(c["evals"] for c in counts)
             decodes = sum(c["decodes"] for c in counts)
             worst = max(range(len(peaks)), key=peaks.__getitem__)
@@ -181,7 +184,9 @@ def main(argv=None) -> dict:
                      "t4_minutes_estimate": None if args.memory_only else
                      round((evals * T4_UNET_S + decodes * T4_VAE_S) / 60, 1),
                      "gpu_gb_estimate": round(peaks[worst] + CUDA_CONTEXT_GB, 2), "worst_cell": worst,
-                     "held_gb_at_full_steps": round(half * max(c["held"] for c in cells) * scale / 2 ** 30, 2),
+                     "stores_gb_at_full_steps": round(half * max(c["stores"] for c in cells) * scale / 2 ** 30, 2),
+                     "caches_gb_at_full_steps": round(max(_caches_at_full_steps(c["caches"], half, scale)
+                                                          for c in cells) / 2 ** 30, 2),
                      "peak_gb_measured": round(max(c["peak"] - base for c in cells) / 2 ** 30, 2),
                      "cpu_seconds_fullsize": round(sum(c["seconds"] for c in cells)), "steps": steps_full,
                      "fits_t4": peaks[worst] + CUDA_CONTEXT_GB <= T4_GB, "wall_s": round(time.time() - start),
@@ -246,6 +251,13 @@ def measure_ops(full: Path, steps: int, dtype: str) -> dict:
     return {"weights_gb": round(half * raw["weights"] / 2 ** 30, 2),
             **{k: {"gpu_gb_estimate": round(half * v["peak"] / 2 ** 30 + CUDA_CONTEXT_GB, 2),
                    "cpu_seconds_fullsize": round(v["seconds"])} for k, v in raw.items() if k != "weights"}}
+
+
+def _caches_at_full_steps(held: int, half: float, scale: float) -> float:
+    """The live SourceCaches' bytes at the notebook's own steps: scaled, but never more than the
+    pool of live caches may hold (``p2p_lab.p2p.cache.CACHE_TOTAL_BYTES``: older caches are emptied)."""
+    from p2p_lab.p2p.cache import CACHE_TOTAL_BYTES
+    return min(half * held * scale, CACHE_TOTAL_BYTES)
 
 
 def _full_steps(name: str) -> int:

@@ -298,6 +298,41 @@ def test_cache_as_views_or_copies(views, shipped_pipe, monkeypatch):
     assert close(cached.images, full.images)
 
 
+def test_live_caches_share_one_budget(shipped_pipe, monkeypatch):
+    """With room for about two caches, a third edit empties the least recently used one (not the
+    one just reused); every live cache's bytes, counted from its tensors, stay within the budget;
+    an emptied cache still serves: the next edit with it re-runs the source and equals an edit
+    that never cached (tensors compared)."""
+    import gc
+    import sys
+
+    cache_module = sys.modules["p2p_lab.p2p.cache"]
+    gc.collect()  # caches of earlier tests whose results are gone leave the pool
+    pool = lambda: [c for c in list(cache_module._LIVE) if c.held]  # noqa: E731
+    for c in pool():  # older tests' caches: not this test's business
+        c.held = 0
+    a = edit(shipped_pipe, S, T1, seed=0, **FAST)
+    one = a.cache.nbytes
+    assert one > 0 and a.cache.held == one
+    monkeypatch.setattr(cache_module, "CACHE_TOTAL_BYTES", int(2.5 * one))
+    b = edit(shipped_pipe, S, T1, seed=1, **FAST)
+    assert a.cache.qk and b.cache.qk  # two fit
+    again = edit(shipped_pipe, S, T2, cache=a.cache, **FAST)  # a is now the more recently used
+    assert again.from_cache
+    c = edit(shipped_pipe, S, T1, seed=2, **FAST)
+    assert not b.cache.qk and b.cache.image is None and b.cache.evictions == 1  # the oldest gave way
+    assert a.cache.qk and c.cache.qk and a.cache.evictions == 0
+    held = sum(t.untyped_storage().nbytes() for x in (a, b, c) for v in x.cache.qk.values() for t in v if t is not None)
+    assert held <= cache_module.CACHE_TOTAL_BYTES
+    rerun = edit(shipped_pipe, S, T2, cache=b.cache, seed=1, **FAST)  # the emptied cache: source re-run
+    assert not rerun.from_cache and rerun.cache is b.cache and b.cache.qk
+    assert not a.cache.qk or not c.cache.qk  # and it made room in turn
+    reference = edit(shipped_pipe, S, T2, seed=1, **FAST)
+    assert close(rerun.images, reference.images)
+    with pytest.raises(ValueError, match="seed"):  # an emptied cache still belongs to its source run
+        edit(shipped_pipe, S, T2, cache=b.cache, seed=0, **FAST)
+
+
 def test_tau_rerun_resumes_from_the_first_changed_step(shipped_pipe):
     kw = dict(num_inference_steps=10, guidance_scale=4.0)
     first = edit(shipped_pipe, S, T2, cross_tau=0.8, self_tau=0.4, context_tau=0.0, **kw)

@@ -17,15 +17,29 @@ It also keeps the last edit's target latents after every step ("trail"). Under a
 step depends on nothing but the timestep (DDIM), a re-run whose per-step settings (alpha, the
 self-attention and context windows) first differ at step k starts at step k from the trail: moving
 tau from 0.8 to 0.6 recomputes only the last 40 % of the steps, and gives the same result.
+
+Every cache an edit fills or reuses joins one pool of live caches (weak references: a cache whose
+results are gone leaves it). Before an edit fills a cache, and after it, the least recently used
+*other* caches are emptied until all of them together hold at most ``CACHE_TOTAL_BYTES``
+(:func:`make_room`). An emptied cache still works: the next edit that passes it re-runs the source
+and fills it again (``evictions`` counts how often that was needed). On the shipped model caches are
+a few MB and nothing is emptied; on Stable Diffusion at 50 steps one cache can hold 1.5 GB in fp16,
+and a notebook that keeps many edit results would otherwise run out of GPU memory.
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import weakref
 
 import numpy as np
 import torch
 
 from ..unet_attention import LayerInfo
+
+CACHE_TOTAL_BYTES = 2 * 2 ** 30  # what the live caches may hold together (see make_room)
+_LIVE: "weakref.WeakSet[SourceCache]" = weakref.WeakSet()
+_CLOCK = itertools.count()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +59,7 @@ class RunKey:
     inversion: str | None = None  # the Inversion's key (p2p_lab.p2p.inversion), None for a generated source
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # identity: a cache is one run's record, not a value
 class SourceCache:
     key: RunKey
     layers: list[LayerInfo]
@@ -60,6 +74,9 @@ class SourceCache:
     trail: object = dataclasses.field(default=None, repr=False)
     resumed_at: int | None = None  # the step the last edit resumed from (None: no reuse)
     views: bool = False  # keep the recorded rows as views of their batch (set by the edit filling it)
+    evictions: int = 0  # how often make_room emptied it to make room for another cache
+    held: int = 0  # nbytes as of the last edit that used it (what make_room counts)
+    last_used: int = -1  # make_room's clock at that edit
 
     def keeps(self, layer: LayerInfo) -> bool:
         """Does the record-everything policy keep this layer?"""
@@ -93,6 +110,12 @@ class SourceCache:
     def clear(self) -> None:
         self.qk.clear(), self.latents.clear()
         self.image = self.trail = None
+        self.held = 0
+
+    def touch(self) -> None:
+        """Note that an edit used it now, and what it holds (it joins the pool of live caches)."""
+        self.last_used, self.held = next(_CLOCK), self.nbytes
+        _LIVE.add(self)
 
     @property
     def nbytes(self) -> int:
@@ -116,3 +139,25 @@ class SourceCache:
             elif l.res <= self_max_res:
                 per_step += l.heads * l.head_dim * 2 * n_q
         return per_step * num_steps * element_size
+
+
+def make_room(cache: SourceCache, reserve: int = 0, budget: int | None = None) -> list[SourceCache]:
+    """Empty the least recently used live caches other than ``cache`` until they, ``cache`` and
+    ``reserve`` more bytes fit in ``budget`` (default ``CACHE_TOTAL_BYTES``). Returns those emptied."""
+    budget = CACHE_TOTAL_BYTES if budget is None else budget
+    others = sorted((c for c in list(_LIVE) if c is not cache and c.held), key=lambda c: c.last_used)
+    total = sum(c.held for c in others) + (cache.held if cache in _LIVE else 0) + reserve
+    emptied = []
+    for c in others:
+        if total <= budget:
+            break
+        total -= c.held
+        c.clear()
+        c.evictions += 1
+        emptied.append(c)
+    return emptied
+
+
+def live_nbytes() -> int:
+    """What the live caches hold together (as of the last edit that used each)."""
+    return sum(c.held for c in list(_LIVE))

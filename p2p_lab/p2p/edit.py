@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .blend import BlendState, LocalBlend
-from .cache import RunKey, SourceCache
+from .cache import RunKey, SourceCache, make_room
 from .controls import EditControl, build_plan
 from .inversion import Inversion
 from .options import strict_options
@@ -168,7 +168,9 @@ def _prepare(pipe, source, targets, run, cache, store, context_tau, local_blend,
     if not from_cache:
         cache.clear()
         # the source's rows stay views of their batch (no copies) when every batch fits the budget
-        cache.views = len(rows) * (2 if run.cfg else 1) * est <= CACHE_BUDGET_BYTES
+        batch = len(rows) * (2 if run.cfg else 1)
+        cache.views = batch * est <= CACHE_BUDGET_BYTES
+        make_room(cache, batch * est if cache.views else est)  # other live caches give way to this one
     cond, window = _context_schedule(pipe, source, targets, rows, context_tau, n, from_cache)
     return _Edit(source, targets, run, scheduler, cache, control, rows, cond,
                  _Signature.of(plan, targets, window, n), inversion)
@@ -213,6 +215,8 @@ def _finish(pipe, e: _Edit, z0: torch.Tensor) -> EditResult:
         images = np.concatenate([e.cache.image[None], images])
     else:
         e.cache.image = images[0].copy()
+    e.cache.touch()
+    make_room(e.cache)
     return EditResult(images, [e.source, *e.targets], e.cache, e.control.store, e.from_cache)
 
 
