@@ -12,8 +12,9 @@ assumption:
    (VmHWM, reset before every cell) above the kernel's memory after the set-up cell's imports (the
    model's weights count: they load later), plus what the
    live AttentionStores and SourceCaches hold after the cell, scaled from ``--steps`` to the
-   notebook's own steps (they grow with the step count; the rest of the peak does not), the caches
-   at most ``CACHE_TOTAL_BYTES`` together (the engine empties older caches beyond it).
+   notebook's own steps (they grow with the step count; the rest of the peak does not), the stores
+   not halved (they keep float32 maps in any dtype), the caches at most ``CACHE_TOTAL_BYTES``
+   together (the engine empties older caches beyond it).
 3. **Assumed** T4 speeds (not measured here): T4_UNET_S per 512-px UNet image-evaluation in fp16
    (about 2.5 guided steps per second for SD v1 at 512 px, the figure commonly reported for
    Colab's T4) and T4_VAE_S per 512-px decode; CUDA's own context CUDA_CONTEXT_GB.
@@ -174,8 +175,7 @@ def main(argv=None) -> dict:
             base = cells[0]["rss"]  # after the set-up cell's imports, before the model loads (its weights count)
             scale = steps_full / args.steps
             half = 0.5 if args.dtype == "float32" else 1.0  # fp16 holds every value in half the bytes
-            peaks = [(half * (c["peak"] - base - c["stores"] - c["caches"] + c["stores"] * scale)
-                      + _caches_at_full_steps(c["caches"], half, scale)) / 2 ** 30 for c in cells]
+            peaks = [_fp16_peak(c, base, half, scale) / 2 ** 30 for c in cells]
             evals = sum(c["evals"] for c in counts)
             decodes = sum(c["decodes"] for c in counts)
             worst = max(range(len(peaks)), key=peaks.__getitem__)
@@ -184,7 +184,7 @@ def main(argv=None) -> dict:
                      "t4_minutes_estimate": None if args.memory_only else
                      round((evals * T4_UNET_S + decodes * T4_VAE_S) / 60, 1),
                      "gpu_gb_estimate": round(peaks[worst] + CUDA_CONTEXT_GB, 2), "worst_cell": worst,
-                     "stores_gb_at_full_steps": round(half * max(c["stores"] for c in cells) * scale / 2 ** 30, 2),
+                     "stores_gb_at_full_steps": round(max(c["stores"] for c in cells) * scale / 2 ** 30, 2),
                      "caches_gb_at_full_steps": round(max(_caches_at_full_steps(c["caches"], half, scale)
                                                           for c in cells) / 2 ** 30, 2),
                      "peak_gb_measured": round(max(c["peak"] - base for c in cells) / 2 ** 30, 2),
@@ -251,6 +251,14 @@ def measure_ops(full: Path, steps: int, dtype: str) -> dict:
     return {"weights_gb": round(half * raw["weights"] / 2 ** 30, 2),
             **{k: {"gpu_gb_estimate": round(half * v["peak"] / 2 ** 30 + CUDA_CONTEXT_GB, 2),
                    "cpu_seconds_fullsize": round(v["seconds"])} for k, v in raw.items() if k != "weights"}}
+
+
+def _fp16_peak(cell: dict, base: int, half: float, scale: float) -> float:
+    """A cell's peak in bytes at the notebook's own steps in fp16: what does not grow with the steps
+    (halved from float32), the AttentionStores scaled (they keep float32 maps in any dtype), the
+    caches scaled up to their budget."""
+    rest = cell["peak"] - base - cell["stores"] - cell["caches"]
+    return half * rest + cell["stores"] * scale + _caches_at_full_steps(cell["caches"], half, scale)
 
 
 def _caches_at_full_steps(held: int, half: float, scale: float) -> float:
