@@ -1,5 +1,7 @@
 """Shared fixtures: the shipped model, an SD-v1-topology model with random weights, one torch thread;
 and a plugin that fails a notebook cell (nbval) whose output holds a warning or a library notice."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -41,6 +43,20 @@ def sd_like_pipe():
     from p2p_lab.testing import sd_like_pipeline
 
     return sd_like_pipeline()
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """A loader of ``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    def load(name: str):
+        path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    return load
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """benchmarks/reweight_finetune.py: a smoke run fine-tunes a copy of the shipped model (never data/),
 keeps its autoencoder and tokenizer, and measures both models."""
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,8 +8,6 @@ import pytest
 from safetensors.torch import load_file
 
 from p2p_lab.model import SHIPPED_MODEL
-
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "reweight_finetune.py"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -20,10 +17,8 @@ def _digests(folder: Path) -> dict:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_quick_run_fine_tunes_a_copy_and_measures_both(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("reweight_finetune", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_quick_run_fine_tunes_a_copy_and_measures_both(tmp_path, capsys, load_benchmark):
+    mod = load_benchmark("reweight_finetune")
     shipped_before = _digests(Path(SHIPPED_MODEL))
     report = mod.main(["--quick", "--out", str(tmp_path), "--threads", "1"])
     assert _digests(Path(SHIPPED_MODEL)) == shipped_before  # data/ untouched

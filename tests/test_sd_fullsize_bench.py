@@ -1,21 +1,14 @@
 """benchmarks/sd_fullsize.py's fp16 estimate from a float32 run at few steps, on hand-worked cells."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from p2p_lab.p2p import cache as cache_module
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "sd_fullsize.py"
 GB = 2 ** 30
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("sd_fullsize", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def bench(load_benchmark):
+    return load_benchmark("sd_fullsize")
 
 
 def test_fp16_peak_halves_the_rest_scales_stores_and_caps_caches(bench):
