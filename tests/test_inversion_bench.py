@@ -1,24 +1,17 @@
 """benchmarks/inversion_eval.py: its scenes, targets and scoring on hand-made cases, and a smoke run."""
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from p2p_lab import shapes
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "inversion_eval.py"
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def ev():
-    spec = importlib.util.spec_from_file_location("inversion_eval", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def ev(load_benchmark):
+    return load_benchmark("inversion_eval")
 
 
 def test_scenes_cover_the_world_and_targets_swap_one_word(ev):
@@ -80,12 +73,10 @@ def test_quick_run(ev, shipped_pipe, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == out
 
 
-def test_variants_defaults_agree_with_inversion_eval(ev, shipped_pipe, capsys):
+def test_variants_defaults_agree_with_inversion_eval(ev, load_benchmark, shipped_pipe, capsys):
     """benchmarks/inversion_variants.py edits each target on its own; at the defaults its scores are
     inversion_eval's DirectInversion scores (three targets in one edit) on the same scenes."""
-    spec = importlib.util.spec_from_file_location("inversion_variants", BENCH.parent / "inversion_variants.py")
-    var = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(var)
+    var = load_benchmark("inversion_variants")
     got = var.main(["--scenes", "2", "--steps", "3"], pipe=shipped_pipe)
     ref = ev.main(["--scenes", "2", "--steps", "3", "--methods", "direct", "--drift-scenes", "0"], pipe=shipped_pipe)
     defaults = got["variants"]["defaults (cross tau 0.8, self tau 0.4)"]

@@ -1,21 +1,8 @@
 """The P2P benchmarks: their scoring on ground-truth renders, and a smoke run of each (issue 6)."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from p2p_lab import shapes
-
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -25,8 +12,8 @@ def _render(shape, color, bg, center=(16.0, 16.0)):
     return shapes.render(scene)[0].astype(np.float32) / 255, shapes.caption(scene)
 
 
-def test_eval_scores_ground_truth_edits():
-    ev = _load("p2p_eval")
+def test_eval_scores_ground_truth_edits(load_benchmark):
+    ev = load_benchmark("p2p_eval")
     src, _ = _render("circle", "red", "blue")
     src_obj = shapes.read_image(src).objects[0]
     tgt, cap = _render("circle", "green", "blue")  # a perfect colour swap
@@ -49,26 +36,26 @@ def test_eval_scores_ground_truth_edits():
         ev.swapped_word("a red circle", "a big red circle")
 
 
-def test_benchmarks_quick(shipped_pipe, capsys):
+def test_benchmarks_quick(load_benchmark, shipped_pipe, capsys):
     import json
 
-    ev = _load("p2p_eval").main(["--quick", "--seeds", "1", "--steps", "2", "--all-sources"], pipe=shipped_pipe)
+    ev = load_benchmark("p2p_eval").main(["--quick", "--seeds", "1", "--steps", "2", "--all-sources"], pipe=shipped_pipe)
     assert set(ev) >= {"fixed_seed", "mask_blend", "p2p", "p2p_paper", "by_edit", "tau_sweep", "context_sweep",
                        "word_tau_sweep", "note"}
     assert [r["word_tau"] for r in ev["word_tau_sweep"]] == [0.4] and ev["word_tau_sweep"][0]["n"] == ev["p2p"]["n"]
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == ev
-    sp = _load("p2p_speed").main(["--quick", "--steps", "2", "--no-sd"], pipe=shipped_pipe)
+    sp = load_benchmark("p2p_speed").main(["--quick", "--steps", "2", "--no-sd"], pipe=shipped_pipe)
     assert sp["overhead_ratio"] > 0 and sp["cached_rerun_ratio"] > 0
     assert sp["meets_targets"] == (sp["overhead_ratio"] <= 1.10 and sp["cached_rerun_ratio"] <= 0.6)
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == sp
 
 
-def test_sd_v1_store_bytes_by_hand(sd_like_pipe):
+def test_sd_v1_store_bytes_by_hand(load_benchmark, sd_like_pipe):
     """SD v1 at 256 px (the benchmark uses 64x64 latents, 512 px): cross maps at 32^2 (5 layers),
     16^2 (5), 8^2 (5), 4^2 (1), 77 tokens, float32, one prompt."""
     from p2p_lab.p2p import attention_layers
 
-    sp = _load("p2p_speed")
+    sp = load_benchmark("p2p_speed")
     b = sp.store_bytes(attention_layers(sd_like_pipe, (32, 32)), 77, 50, 8)
     queries = 5 * 32 ** 2 + 5 * 16 ** 2 + 5 * 8 ** 2 + 4 ** 2
     assert b["all_cross_per_step"] == queries * 77 * 4 * 50
