@@ -26,6 +26,8 @@ from typing import Callable
 
 import torch
 
+from ..forbidding import ForbiddenCall, forbid
+
 PASS, FAIL = "PASSED", "FAILED"
 
 
@@ -104,7 +106,7 @@ def record_expectations() -> dict:
     each case's inputs: {check name: [{"inputs": [...], "reference": [tensors], "mistakes":
     {name: [tensors] or None (it raised on that case)}}]}."""
     global _recording
-    from . import attention, ddpm, inversion, ldm, p2p
+    from .registry import check_modules
 
     def nothing(*args, **kwargs):
         raise NotImplementedError
@@ -117,7 +119,7 @@ def record_expectations() -> dict:
         diffusers_logging.set_verbosity_error()
         with warnings.catch_warnings(), contextlib.redirect_stdout(None):
             warnings.simplefilter("ignore")
-            for module in (attention, ddpm, ldm, p2p, inversion):
+            for module in check_modules():
                 for name in (n for n in module.__all__ if n.startswith("check_")):
                     getattr(module, name)(nothing)
         return _recording
@@ -281,15 +283,11 @@ def _call(student, case: dict, forbidden: tuple[str, ...]):
     args = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in case.items()}
     if not forbidden:
         return student(**args)
-    from ..grading import forbid
-
     with forbid(*forbidden):
         return student(**args)
 
 
 def _run(name, student, values, cases, mistakes, atol, rtol, forbidden=()) -> CheckResult:
-    from ..grading import ForbiddenCall
-
     if not callable(student):
         return CheckResult(name, False, f"expected a function, got {type(student).__name__}")
     worst = 0.0

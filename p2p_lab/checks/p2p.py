@@ -484,7 +484,7 @@ def check_map_recorder(recorder_cls, prompt: str = "a red circle on a blue backg
     name, pipe = "map_recorder", check_pipeline()
     forbidden = FORBIDDEN["MapRecorder"] if forbidden is None else forbidden
     try:
-        from ..grading import ForbiddenCall, forbid
+        from ..forbidding import ForbiddenCall, forbid
 
         with forbid(*forbidden) if forbidden else contextlib.nullcontext():
             rec = recorder_cls()

@@ -38,21 +38,25 @@ monkeypatched ``p2p_lab`` / ``torch`` functions, calling the package's implement
 student code in the same process as the hidden tests, as otter-grader does, so it is no sandbox
 against a determined attacker: run it in a container (Gradescope does).
 
-Modules: :mod:`.forbidding` (:func:`forbid` and the helpers hidden tests call student code
-through), :mod:`.bundle` (solution markers, student notebooks, :func:`release`), :mod:`.parent`
-(:class:`Limits`, :func:`grade`: running and watching the grading process, Gradescope's JSON),
-:mod:`.child` (what runs inside the grading process) and :mod:`.cli` (the ``release`` and
-``grade`` commands). Every name below is importable from ``p2p_lab.grading``.
+Modules: :mod:`.notebooks` (solution markers, question ids, cell sources: what the others read from
+a notebook), :mod:`.parent` (:class:`Limits`, :func:`grade`: running and watching the grading
+process, Gradescope's JSON), :mod:`.child` (what runs inside the grading process), :mod:`.bundle`
+(student notebooks, :func:`release`) and :mod:`.cli` (the ``release`` and ``grade`` commands);
+:func:`forbid` and the helpers hidden tests call student code through live in
+:mod:`p2p_lab.forbidding`, below both the checks and grading. Every name below is importable from
+``p2p_lab.grading``.
 """
 from __future__ import annotations
 
-from .bundle import (BEGIN, END, PACKAGE_DIR, REPO_ROOT, point_at_repo, release, strip_solutions,
-                     student_notebook)
-from .child import _child_main
+from ..forbidding import ForbiddenCall, call_student, forbid, student_function
+from .bundle import point_at_repo, release, strip_solutions, student_notebook
 from .cli import register_cli
-from .forbidding import _NAMESPACES, ForbiddenCall, call_student, forbid, student_function
-from .parent import (TIMINGS, Limits, _questions, default_hidden_dir, find_assignment, grade, grade_notebook,
+from .notebooks import BEGIN, END, PACKAGE_DIR, REPO_ROOT
+from .parent import (TIMINGS, Limits, default_hidden_dir, find_assignment, grade, grade_notebook, read_questions,
                      record_timings)
 
+_questions = read_questions  # the name tests/test_notebooks.py imports
+
 __all__ = ["ForbiddenCall", "forbid", "call_student", "student_function", "release",
-           "student_notebook", "grade", "Limits", "find_assignment", "record_timings", "register_cli"]
+           "student_notebook", "grade", "Limits", "find_assignment", "record_timings", "read_questions",
+           "register_cli"]

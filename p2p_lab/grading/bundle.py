@@ -7,17 +7,8 @@ import re
 import shutil
 from pathlib import Path
 
-# Built from pieces so that this file itself never contains a marker line.
-BEGIN = "# BEGIN " + "SOLUTION"
-END = "# END " + "SOLUTION"
-PACKAGE_DIR = Path(__file__).resolve().parent.parent
-REPO_ROOT = PACKAGE_DIR.parent
-_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # question ids (test_<id> must be a name)
-
-
-def _source(cell) -> str:
-    src = cell.get("source", "")
-    return "".join(src) if isinstance(src, list) else src
+from .notebooks import BEGIN, END, QUESTION_ID, REPO_ROOT, cell_source, question_of
+from .parent import record_timings
 
 
 def strip_solutions(source: str, question: str, body: str | None = None) -> str:
@@ -91,20 +82,16 @@ def strip_answers(source: str) -> str:
     return out
 
 
-def _question(cell) -> str | None:
-    return (cell.get("metadata", {}).get("p2p_lab") or {}).get("question")
-
-
 def student_notebook(nb, name: str = "notebook"):
     """The student version of a master notebook (a copy): solutions stubbed, outputs cleared."""
     nb = copy.deepcopy(nb)
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue
-        src = _source(cell)
+        src = cell_source(cell)
         if BEGIN in src or END in src:
-            question = _question(cell)
-            if not question or not _ID.match(question):
+            question = question_of(cell)
+            if not question or not QUESTION_ID.match(question):
                 raise ValueError(f"{name}, cell {i}: an exercise cell needs metadata "
                                  f'{{"p2p_lab": {{"question": "<question_id>"}}}}, got {question!r}')
             try:
@@ -118,7 +105,7 @@ def student_notebook(nb, name: str = "notebook"):
 def _strip_checks(folder: Path) -> None:
     """The student's checks: expected values recorded (by this package's checks, live), the code
     that computes them stripped (:func:`strip_answers`)."""
-    from ..checks._core import EXPECTED, record_expectations, save_expectations
+    from ..checks import EXPECTED, record_expectations, save_expectations  # here: checks load torch
 
     save_expectations(record_expectations(), folder / EXPECTED.name)
     for path in sorted(folder.glob("*.py")):
@@ -189,8 +176,6 @@ def release(out_dir, notebooks_dir=None, repo_root=None, repo: str | None = None
         shutil.copy2(p, hidden / p.name)
     _write_bundle_files(student, grader, sorted(versions))
     if timings:
-        from .parent import record_timings
-
         record_timings(masters, hidden, jobs=jobs)
     return out
 

@@ -1,5 +1,5 @@
 """Grading, the child side: the code that runs inside the grading process (the student's cells,
-then the hidden tests), with its entry point :func:`_child_main`; importing it does nothing.
+then the hidden tests), with its entry point :func:`child_main`; importing it does nothing.
 
 A broken function is paid for once. Every cell and every hidden test runs under an alarm: at half
 its limit the alarm notes which student functions are running (their frames), at the limit it
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import json
 import os
 import signal
@@ -28,9 +27,9 @@ import types
 import warnings
 from pathlib import Path
 
-from . import forbidding
-from .bundle import _source
-from .forbidding import _NAMESPACES, ForbiddenCall
+from .. import forbidding
+from ..forbidding import ForbiddenCall
+from .notebooks import cell_key, cell_source
 
 _PACKAGE = __name__.rpartition(".")[0]  # p2p_lab.grading: its modules are snapshotted in full
 
@@ -45,11 +44,6 @@ class _Timeout(BaseException):
 class FunctionStopped(Exception):
     """Raised by a student function the grader stopped for good: it ran past a time limit in one
     call, or ended the grading process, once already; a later call fails at once instead."""
-
-
-def cell_key(source: str) -> str:
-    """Names a cell by its source: the master's recorded times (``timings.json``) are keyed so."""
-    return hashlib.sha256(source.strip().encode()).hexdigest()[:16]
 
 
 def _key(code) -> tuple:
@@ -123,7 +117,7 @@ class _Snapshot:
                         self.classes.append((v, {k: a for k, a in vars(v).items() if callable(a)}))
         for mod, saved in self.modules:
             if mod is sys.modules.get(forbidding.__name__):
-                saved["_SNAPSHOT"] = self  # a student cannot switch off the restoring by resetting it
+                saved[forbidding.SNAPSHOT_GLOBAL] = self  # a student cannot switch off the restoring by resetting it
 
     def _trusted(self, name: str) -> bool:
         return name.split(".")[0] in self.PREFIXES or name.startswith("_p2p_hidden_")
@@ -292,7 +286,7 @@ class _Child:
         sys.modules[module.__name__] = module
         shell = InteractiveShell.instance(config=cfg, user_module=module)
         shell.register_magic_function(lambda line="": None, "line", "matplotlib")
-        _NAMESPACES.append(shell.user_ns)
+        forbidding.register_namespace(shell.user_ns)
         self.ns = shell.user_ns
         return shell
 
@@ -304,7 +298,7 @@ class _Child:
         for i, cell in enumerate(nb.cells):
             if cell.cell_type != "code" or i in skip:
                 continue
-            source = _source(cell)
+            source = cell_source(cell)
             key = cell_key(source)
             seconds = float(self.config.get("cell_limits", {}).get(key, self.config["cell_s"]))
             self.emit(cell=i, limit=seconds)
@@ -380,7 +374,8 @@ class _Child:
 
             posix._exit = self.exit
         # after the hidden tests' imports, before student code
-        snapshot = forbidding._SNAPSHOT = _Snapshot()
+        snapshot = _Snapshot()
+        forbidding.restore_after_calls(snapshot)
         self.run_cells(shell)
         ns = shell.user_ns
         for q in self.config["questions"]:
@@ -399,7 +394,7 @@ def _close_figures() -> None:
             plt.close("all")
 
 
-def _child_main(config_path: str) -> None:
+def child_main(config_path: str) -> None:
     """Entry point of the grading process (``python -c``): never returns normally."""
     config = json.loads(Path(config_path).read_text())
     code = 0

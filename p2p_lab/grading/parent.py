@@ -22,7 +22,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -34,7 +33,7 @@ import threading
 import time
 from pathlib import Path
 
-from .bundle import _ID, REPO_ROOT, _question
+from .notebooks import QUESTION_ID, REPO_ROOT, question_of
 
 _ASSIGNMENT = re.compile(r"^[A-Za-z0-9_-]+$")  # assignment names are file stems
 
@@ -60,11 +59,6 @@ class Limits:
 
 TIMINGS = "timings.json"  # beside the hidden tests: {assignment: {"cells": {key: s}, "questions": {q: s},
 #                                                                "total": the master's grading, s}}
-
-
-def cell_key(source: str) -> str:
-    """Names a cell by its source (what the timings of the master's cells are keyed by)."""
-    return hashlib.sha256(source.strip().encode()).hexdigest()[:16]
 
 
 def _timed_limits(hidden_dir: Path, assignment: str, limits: Limits) -> tuple[dict, dict]:
@@ -124,10 +118,10 @@ def find_assignment(nb, path: Path | None = None, hidden_dir: Path | None = None
     name = meta.get("assignment") if isinstance(meta, dict) else None
     if isinstance(name, str) and _ASSIGNMENT.match(name):
         return name
-    asked = {_question(c) for c in nb.cells if _question(c)}
+    asked = {question_of(c) for c in nb.cells if question_of(c)}
     if asked and hidden_dir is not None:
         for p in sorted(Path(hidden_dir).glob("hidden_*.py")):
-            if asked & set(_questions(p)):
+            if asked & set(read_questions(p)):
                 return p.stem[len("hidden_"):]
     if path is not None and hidden_dir is not None and (Path(hidden_dir) / f"hidden_{path.stem}.py").exists():
         return path.stem
@@ -135,7 +129,7 @@ def find_assignment(nb, path: Path | None = None, hidden_dir: Path | None = None
                      "p2p_lab.assignment; submit the notebook file you were given (renaming is fine)")
 
 
-def _questions(hidden_file: Path) -> dict:
+def read_questions(hidden_file: Path) -> dict:
     """QUESTIONS of a hidden test file, read without running it (a literal dict)."""
     tree = ast.parse(hidden_file.read_text())
     for node in tree.body:
@@ -144,7 +138,7 @@ def _questions(hidden_file: Path) -> dict:
         if any(isinstance(t, ast.Name) and t.id == "QUESTIONS" for t in targets):
             questions = ast.literal_eval(node.value)
             for q, spec in questions.items():
-                if not _ID.match(q) or "points" not in spec or "name" not in spec:
+                if not QUESTION_ID.match(q) or "points" not in spec or "name" not in spec:
                     raise ValueError(f"{hidden_file.name}: question {q!r} needs an identifier id and "
                                      f"'points' and 'name'")
             return questions
@@ -186,7 +180,7 @@ def grade_notebook(path, hidden_dir=None, limits: Limits | None = None) -> dict:
         return _error_result(f"this notebook says it is assignment {assignment!r}, which has no hidden "
                              f"tests here ({hidden}); submit one of the course's notebooks", started)
     try:
-        questions = _questions(hidden)
+        questions = read_questions(hidden)
     except (SyntaxError, ValueError) as err:
         return _error_result(f"the hidden tests {hidden.name} are broken (an instructor error): {err}",
                              started)
@@ -306,8 +300,8 @@ def _run_child(path, hidden, questions, skip_cells, limits: Limits, deadline: fl
                       events=str(events_file), stopped=list(stopped), cell_limits=timed[0],
                       question_limits=timed[1])
         (Path(tmp) / "config.json").write_text(json.dumps(config))
-        cmd = [sys.executable, "-c", "import sys; from p2p_lab.grading.child import _child_main; "
-               "_child_main(sys.argv[1])", str(Path(tmp) / "config.json")]
+        cmd = [sys.executable, "-c", "import sys; from p2p_lab.grading.child import child_main; "
+               "child_main(sys.argv[1])", str(Path(tmp) / "config.json")]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, cwd=str(path.resolve().parent),
                                 env=_child_env(limits.threads), start_new_session=True)

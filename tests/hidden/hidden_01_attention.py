@@ -4,7 +4,7 @@ Run by ``p2p_lab.grading`` on the executed student notebook's namespace ``ns``.
 """
 import torch
 
-from p2p_lab.checks._core import run_check
+from p2p_lab.checks import run_check
 from p2p_lab.checks.attention import (ATTENTION_MISTAKES, MULTI_HEAD_MISTAKES, attention_cases,
                                       attention_reference, multi_head_cases, multi_head_reference)
 from p2p_lab.grading import call_student, student_function

@@ -5,7 +5,7 @@ Run by ``p2p_lab.grading`` on the executed student notebook's namespace ``ns``.
 import torch
 
 from p2p_lab.attention import token_maps as _token_maps_reference
-from p2p_lab.checks._core import run_check
+from p2p_lab.checks import run_check
 from p2p_lab.checks.attention import (CROSS_ATTENTION_MISTAKES, TOKEN_MAPS_MISTAKES,
                                       cross_attention_cases, cross_attention_reference,
                                       token_maps_cases)

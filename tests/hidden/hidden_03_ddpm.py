@@ -8,7 +8,7 @@ implementations (and diffusers' equivalents) blocked.
 import torch
 
 from p2p_lab import ddpm
-from p2p_lab.checks._core import run_check
+from p2p_lab.checks import run_check
 from p2p_lab.checks.ddpm import FORBIDDEN as PUBLIC
 from p2p_lab.checks.ddpm import (LOSS_MISTAKES, MEAN_MISTAKES, POSTERIOR_MISTAKES, Q_SAMPLE_MISTAKES,
                                  REVERSE_MISTAKES, X0_MISTAKES, _ToyEpsModel, loss_reference,

@@ -5,7 +5,7 @@ diffusers itself (``scheduler.step``, ``pipe(...)``) and the package, computed o
 """
 import torch
 
-from p2p_lab.checks._core import run_check
+from p2p_lab.checks import run_check
 from p2p_lab.checks.ldm import (GUIDANCE_MISTAKES, LOOP_MISTAKES, STEP_MISTAKES, _guidance_cases,
                                 _step_reference, check_pipeline, fresh_scheduler_state, loop_cases, loop_reference,
                                 step_cases)

@@ -7,7 +7,7 @@ function may not call them (nor the engine's edit).
 """
 import torch
 
-from p2p_lab.checks._core import run_check
+from p2p_lab.checks import run_check
 from p2p_lab.checks.p2p import _copy_mapper, _maps, alpha_blend, apply_mapper, edit_switch, reweight
 from p2p_lab.grading import call_student, student_function
 

@@ -6,7 +6,7 @@ computed outside ``forbid``; the student's call runs with the package's own impl
 """
 import torch
 
-from p2p_lab.checks._core import run_check
+from p2p_lab.checks import run_check
 from p2p_lab.checks.inversion import (FORBIDDEN, INVERSE_MISTAKES, NULL_MISTAKES, _inverse_reference,
                                       _null_reference, inversion_cases, null_cases)
 from p2p_lab.grading import call_student, student_function

@@ -1,5 +1,8 @@
-"""What hidden tests call student code through: :func:`forbid` (calling the package's own
-implementation raises :class:`ForbiddenCall`), :func:`call_student` and :func:`student_function`."""
+"""Forbidden calls: while :func:`forbid` is open, calling the package's (or a library's) own
+implementation of what an exercise asks raises :class:`ForbiddenCall`. The public checks
+(:mod:`p2p_lab.checks`) and the grader's hidden tests (:mod:`p2p_lab.grading`, through
+:func:`call_student` and :func:`student_function`) both block calls with it, so it sits below both
+and imports nothing of the package."""
 from __future__ import annotations
 
 import contextlib
@@ -17,8 +20,32 @@ class ForbiddenCall(BaseException):
 
 
 _ACTIVE: list["forbid"] = []  # the forbid contexts now open, innermost last
-_NAMESPACES: list[dict] = []  # executed student namespaces (registered by the grader)
+_NAMESPACES: list[dict] = []  # executed student namespaces (register_namespace)
 _SNAPSHOT = None  # the grader's snapshot of trusted modules, restored after every student call
+SNAPSHOT_GLOBAL = "_SNAPSHOT"  # its global's name: a snapshot of this module keeps itself there
+
+
+def register_namespace(ns: dict) -> None:
+    """A student's executed namespace: :func:`forbid` replaces forbidden functions there too."""
+    if not isinstance(ns, dict):
+        raise TypeError(f"register_namespace needs the namespace dict, got {type(ns).__name__}")
+    _NAMESPACES.append(ns)
+
+
+def unregister_namespace(ns: dict) -> None:
+    """Undo :func:`register_namespace` (a namespace not registered is ignored)."""
+    if any(n is ns for n in _NAMESPACES):
+        _NAMESPACES[:] = [n for n in _NAMESPACES if n is not ns]
+
+
+def restore_after_calls(snapshot) -> None:
+    """After every forbidden block closes, call ``snapshot.restore()`` (the grader's snapshot of
+    trusted modules, undoing whatever a student's call patched); ``None`` stops it."""
+    if snapshot is not None and not callable(getattr(snapshot, "restore", None)):
+        raise TypeError("restore_after_calls needs an object with a restore() method (the grader's "
+                        "snapshot), or None")
+    global _SNAPSHOT
+    _SNAPSHOT = snapshot
 
 
 def _resolve(dotted: str):
@@ -40,7 +67,7 @@ def _resolve(dotted: str):
     return None
 
 
-def _forbidden_hit(name: str) -> ForbiddenCall:
+def forbidden_hit(name: str) -> ForbiddenCall:
     """Called by a forbidden function's stand-in: records the call, returns the exception to raise."""
     for ctx in _ACTIVE:
         if name in ctx.names:
@@ -51,7 +78,7 @@ def _forbidden_hit(name: str) -> ForbiddenCall:
 
 def _stand_in(name: str):
     def forbidden(*args, **kwargs):
-        raise _forbidden_hit(name)
+        raise forbidden_hit(name)
 
     forbidden.__name__ = forbidden.__qualname__ = name.rsplit(".", 1)[-1]
     return forbidden
@@ -59,8 +86,8 @@ def _stand_in(name: str):
 
 def _raising_code(name: str) -> types.CodeType:
     """Code for a function body that raises ForbiddenCall, runnable with any function's globals."""
-    src = (f"def _forbidden(*args, **kwargs):\n    import p2p_lab.grading.forbidding as _g\n"
-           f"    raise _g._forbidden_hit({name!r})\n")
+    src = (f"def _forbidden(*args, **kwargs):\n    import {__name__} as _g\n"
+           f"    raise _g.forbidden_hit({name!r})\n")
     scope: dict = {}
     exec(compile(src, f"<forbidden {name}>", "exec"), scope)
     return scope["_forbidden"].__code__
@@ -131,7 +158,7 @@ class forbid:
         if not _ACTIVE and _SNAPSHOT is not None:
             _SNAPSHOT.restore()  # undo whatever the student's call patched
         if self.calls and exc_type is None:
-            raise _forbidden_hit(self.calls[0])
+            raise forbidden_hit(self.calls[0])
         return False
 
 
