@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import os
+import warnings
 from pathlib import Path
 
 import torch
-
 
 
 def _shipped_model() -> Path:
@@ -25,7 +26,27 @@ def _shipped_model() -> Path:
 
 
 SHIPPED_MODEL = _shipped_model()
-SD_V1 = "CompVis/stable-diffusion-v1-4"
+
+# The Stable Diffusion hub ids the course knows, in ONE table. SD_MODELS is the fallback order: the
+# id asked for is tried first, then the others in this order, and one that the hub no longer has
+# ("repository not found") or that needs a login is skipped with a ModelFallbackWarning naming it
+# and the id used. Hub ids rot: add a working copy of SD v1 here (a 77-token CLIP text encoder,
+# cross-attention width 768: what model_kind calls "sd"), move a dead one to REMOVED_MODELS.
+SD_MODELS = (
+    "CompVis/stable-diffusion-v1-4",  # Stable Diffusion v1.4 (the P2P paper's model; the default)
+    "stable-diffusion-v1-5/stable-diffusion-v1-5",  # v1.5, the copy of runwayml's deleted repository
+)
+# Ids that once worked and are gone (matched without regard to case): asking for one is an error
+# that names its replacement and SD_MODELS.
+REMOVED_MODELS = {
+    "runwayml/stable-diffusion-v1-5": "deleted from the Hugging Face Hub by its owner in 2024; its copy is "
+                                      "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    **{f"stabilityai/{name}": "Stable Diffusion 2.x was withdrawn from the Hugging Face Hub in November 2025 "
+                              "(and its 1024-wide OpenCLIP text encoder is not SD v1's, which the notebooks serve)"
+       for name in ("stable-diffusion-2", "stable-diffusion-2-base", "stable-diffusion-2-1",
+                    "stable-diffusion-2-1-base")},
+}
+SD_V1 = SD_MODELS[0]  # the model the switch picks on a machine with a CUDA GPU and the hub reachable
 PIPELINE_PARTS = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler")
 MODEL_ENV = "P2P_LAB_MODEL"  # which model the notebooks use: "shapes", a hub id or a pipeline folder
 STEPS_ENV = "P2P_LAB_STEPS"  # at most this many sampling steps in the notebooks (the tests lower it)
@@ -244,16 +265,129 @@ def _dtype_kwarg(dtype) -> dict:
     return {"dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype": dtype}
 
 
+class ModelFallbackWarning(UserWarning):
+    """An id of :data:`SD_MODELS` could not be used (gone from the hub, or gated) and the next one was."""
+
+
+def _working_ids() -> str:
+    return ", ".join(SD_MODELS)
+
+
+def _known(model_id: str) -> str | None:
+    """The spelling :data:`SD_MODELS` gives ``model_id`` (hub ids ignore case), or None."""
+    return next((m for m in SD_MODELS if m.lower() == model_id.lower()), None)
+
+
+def check_hub_id(model_id: str) -> None:
+    """Refuse a hub id that is known to be gone (:data:`REMOVED_MODELS`), naming what works instead."""
+    why = REMOVED_MODELS.get(model_id.lower())
+    if why is not None:
+        raise ValueError(f"{model_id!r} cannot be loaded: {why}. Use one of the ids that work: {_working_ids()} "
+                         f"(e.g. {MODEL_ENV}={SD_MODELS[0]}), or {MODEL_ENV}=shapes for the shipped model.")
+
+
+def hub_candidates(model_id: str) -> list[str]:
+    """The hub ids :func:`load_pipeline` tries for ``model_id``, in order: an id of :data:`SD_MODELS`
+    first, then the table's others in its order; any other id alone (no other model stands in for a
+    model the table does not know)."""
+    check_hub_id(model_id)
+    known = _known(model_id)
+    return [model_id] if known is None else [known] + [m for m in SD_MODELS if m != known]
+
+
+def _hub_verdict(model_id: str) -> str | None:
+    """Why the Hugging Face Hub will not serve ``model_id`` ("gone", "gated"), or None when it has it
+    or cannot be asked (offline: the local cache may still hold it, so the load is tried).
+
+    diffusers turns a missing repository into "Couldn't connect to the Hub" and a cache miss, so the
+    hub is asked directly, with huggingface_hub's own errors."""
+    import huggingface_hub
+    from huggingface_hub.utils import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        huggingface_hub.model_info(model_id)
+    except GatedRepoError:  # a subclass of RepositoryNotFoundError: test it first
+        return "gated"
+    except RepositoryNotFoundError:
+        return "gone"
+    except Exception:  # offline, no network, a server error: let from_pretrained try the cache
+        return None
+    return None
+
+
+def _is_not_found(err: BaseException) -> bool:
+    from huggingface_hub.utils import GatedRepoError, RepositoryNotFoundError
+
+    seen = set()
+    while err is not None and id(err) not in seen:  # the error and those it was raised from
+        if isinstance(err, RepositoryNotFoundError) and not isinstance(err, GatedRepoError):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
+_SKIPPED = {"gone": "is not on the Hugging Face Hub (repository not found)",
+            "gated": "is gated on the Hugging Face Hub (accept its licence on its page and log in with "
+                     "`huggingface-cli login`)"}
+
+
+def _from_hub(model_id: str, dtype: torch.dtype):
+    """Load ``model_id`` from the hub, falling back along :data:`SD_MODELS`; returns (pipe, id used)."""
+    StableDiffusionPipeline = pipeline_class()
+    skipped, failed = [], []  # (id, reason) of ids not found / gated, and of ids the load failed for
+    for candidate in hub_candidates(model_id):
+        verdict = _hub_verdict(candidate)
+        if verdict is not None:
+            skipped.append((candidate, _SKIPPED[verdict]))
+            continue
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(candidate, safety_checker=None,
+                                                           requires_safety_checker=False, **_dtype_kwarg(dtype))
+        except OSError as err:  # huggingface_hub's and diffusers' errors all derive from OSError
+            if _is_not_found(err):
+                skipped.append((candidate, _SKIPPED["gone"]))
+            else:
+                failed.append((candidate, err))
+            continue
+        if skipped or failed:
+            missed = "; ".join([f"{m} {why}" for m, why in skipped]
+                               + [f"{m} could not be loaded ({type(e).__name__})" for m, e in failed])
+            warnings.warn(f"{missed}; using {candidate} instead. (The course's Stable Diffusion ids, in the "
+                          f"order tried: {_working_ids()}.)", ModelFallbackWarning, stacklevel=3)
+        return pipe, candidate
+    tried = "; ".join(f"{m} {why}" for m, why in skipped)
+    if not failed and _known(model_id) is not None:  # the whole table is gone
+        raise ValueError(f"none of the course's Stable Diffusion ids can be loaded: {tried}. Add a working copy "
+                         f"of SD v1 to p2p_lab.model.SD_MODELS, or set {MODEL_ENV} to a local SD v1 pipeline "
+                         f"folder, or to shapes for the shipped model.")
+    if not failed:
+        hint = difflib.get_close_matches(model_id.lower(), [m.lower() for m in SD_MODELS], n=1, cutoff=0.8)
+        maybe = f" Did you mean {_known(hint[0])}?" if hint else ""
+        raise ValueError(f"could not load {model_id!r}: {tried}.{maybe} The ids that work: {_working_ids()} "
+                         f"(set {MODEL_ENV} to one, or to shapes for the shipped model).")
+    first = failed[0][1]
+    raise OSError(
+        f"could not load {model_id!r}: no local folder has that name, and the Hugging Face Hub could not "
+        f"be reached or has no such model ({type(first).__name__}"
+        + (f"; {tried}" if tried else "") + f"; tried {', '.join(m for m, _ in skipped + failed)}). "
+        f"A hub id needs the network (and, for some models, a login with `huggingface-cli login`). "
+        f"The course's Stable Diffusion ids: {_working_ids()}. Offline, use the shipped model: "
+        f"load_pipeline() with no argument, or {MODEL_ENV}=shapes for the notebooks.") from first
+
+
 def load_pipeline(model: str | os.PathLike | None = None, device: str | None = None,
                   dtype: torch.dtype | None = None):
     """The shipped shapes-world pipeline by default, or a diffusers model by folder or hub id.
 
     ``model``: None (the shipped model), a local pipeline folder, or a hub id such as
-    ``"CompVis/stable-diffusion-v1-4"``. ``device``: picked automatically (CUDA, then MPS, then
-    CPU). ``dtype``: float16 on CUDA, float32 elsewhere. The sampling progress bar is switched off
-    (the course's own loops show theirs).
+    ``"CompVis/stable-diffusion-v1-4"``. An id of :data:`SD_MODELS` that the hub no longer has is
+    replaced by the next one there, with a :class:`ModelFallbackWarning`; an id of
+    :data:`REMOVED_MODELS`, or one the hub does not have, is a ValueError naming the ids that work.
+    ``device``: picked automatically (CUDA, then MPS, then CPU). ``dtype``: float16 on CUDA,
+    float32 elsewhere. The sampling progress bar is switched off (the course's own loops show
+    theirs). A hub pipeline remembers the id it came from as ``pipe.p2p_lab_hub_id``.
     """
-    StableDiffusionPipeline = pipeline_class()
     device = device or default_device()
     dtype = dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
     local = model is None or _looks_local(model)
@@ -261,20 +395,10 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | None = N
     with _loading(show_bars=not local):
         if local:
             _check_folder(path)
-            pipe = StableDiffusionPipeline.from_pretrained(str(path), local_files_only=True,
-                                                           **_dtype_kwarg(dtype))
+            pipe = pipeline_class().from_pretrained(str(path), local_files_only=True, **_dtype_kwarg(dtype))
         else:
-            try:
-                pipe = StableDiffusionPipeline.from_pretrained(str(model), safety_checker=None,
-                                                               requires_safety_checker=False,
-                                                               **_dtype_kwarg(dtype))
-            except OSError as err:
-                raise OSError(
-                    f"could not load {model!r}: no local folder has that name, and the Hugging Face Hub "
-                    f"could not be reached or has no such model ({type(err).__name__}). A hub id needs "
-                    f"the network (and, for some models, a login with `huggingface-cli login`). "
-                    f"Offline, use the shipped model: load_pipeline() with no argument, or "
-                    f"{MODEL_ENV}=shapes for the notebooks.") from err
+            pipe, used = _from_hub(str(model).strip(), dtype)
+            pipe.p2p_lab_hub_id = used
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -292,10 +416,12 @@ class ModelChoice:
 def choose_model() -> ModelChoice:
     """The course's model switch, in one place.
 
-    ``P2P_LAB_MODEL`` decides when it is set: ``shapes`` (the shipped model), a hub id such as
-    ``CompVis/stable-diffusion-v1-4``, or a local pipeline folder. Unset: Stable Diffusion v1.4
-    where it can run (a CUDA GPU and the Hugging Face Hub reachable: Colab with a GPU), else the
-    shipped model.
+    ``P2P_LAB_MODEL`` decides when it is set: ``shapes`` (the shipped model), a hub id (those of
+    :data:`SD_MODELS`, e.g. ``CompVis/stable-diffusion-v1-4`` or
+    ``stable-diffusion-v1-5/stable-diffusion-v1-5``), or a local pipeline folder; a removed id
+    (:data:`REMOVED_MODELS`) is refused here, naming the ids that work. Unset: Stable Diffusion v1.4
+    where it can run (a CUDA GPU and the Hugging Face Hub reachable: Colab with a GPU; the next id of
+    :data:`SD_MODELS` if the hub no longer has it), else the shipped model.
     """
     value = os.environ.get(MODEL_ENV, "").strip()
     if value:
@@ -303,6 +429,11 @@ def choose_model() -> ModelChoice:
             return ModelChoice(None, f"{MODEL_ENV}={value}")
         if _looks_local(value):
             _check_folder(Path(value).expanduser(), f"{MODEL_ENV}={value}: the folder")
+        else:
+            try:
+                check_hub_id(value)
+            except ValueError as err:
+                raise ValueError(f"{MODEL_ENV}={value}: {err}") from None
         return ModelChoice(value, f"{MODEL_ENV}={value}")
     if stable_diffusion_available():
         return ModelChoice(SD_V1, "a CUDA GPU and the Hugging Face Hub are reachable")
@@ -326,6 +457,9 @@ def course_pipeline(device: str | None = None):
     choice = choose_model()
     pipe = load_pipeline(choice.model, device=device, dtype=_env_dtype())
     model_kind(pipe)
+    used = getattr(pipe, "p2p_lab_hub_id", None)
+    if used is not None and used != choice.model:  # the table's fallback stood in
+        choice = ModelChoice(used, f"{choice.reason}; {choice.model} is not available")
     pipe.p2p_lab_choice = choice  # what describe_model reports
     return pipe
 
@@ -344,7 +478,7 @@ def model_kind(pipe) -> str:
         f"the course's notebooks serve the shipped shapes-world model (16-token prompts, text width "
         f"{ModelConfig.text_width}) and Stable Diffusion v1.x (77-token prompts, text width 768); this "
         f"pipeline has {L}-token prompts and text width {width}. Set {MODEL_ENV}=shapes or "
-        f"{MODEL_ENV}={SD_V1}.")
+        f"{MODEL_ENV} to one of {_working_ids()}.")
 
 
 def describe_model(pipe) -> str:

@@ -1,6 +1,7 @@
 """The shipped model: a standard diffusers pipeline folder, loaded offline, deterministic."""
 import shutil
 import socket
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,10 @@ def test_tokenizer_conventions(shipped_pipe):
     assert len(ids) == MAX_LENGTH
     assert ids[0] == tok.bos_token_id and ids[4] == tok.eos_token_id and ids[-1] == tok.pad_token_id
     assert tok.convert_ids_to_tokens(ids[1:4]) == ["a</w>", "red</w>", "circle</w>"]
-    for word in world_words():
+    # a model trained before the world had appearance words has none of them in its vocabulary
+    known = [w for w in world_words() if f"{w}</w>" in tok.get_vocab() or w == SPLIT_WORD]
+    assert {"a", "red", "circle", "background"} <= set(known)
+    for word in known:
         n = len(tok(word, add_special_tokens=False).input_ids)
         assert n == (2 if word == SPLIT_WORD else 1), word
 
@@ -172,3 +176,206 @@ def test_text_encoder_weights_carry_the_prefix_transformers_4_loads():
     keys = load_file(str(SHIPPED_MODEL / "text_encoder" / "model.safetensors"))
     assert keys and all(k.startswith("text_model.") for k in keys)
     assert (SHIPPED_MODEL / "tokenizer" / "vocab.json").exists() and (SHIPPED_MODEL / "tokenizer" / "merges.txt").exists()
+
+
+# ---------------------------------------------------------------- hub ids: one table, a fallback order
+# A fake Hugging Face Hub: huggingface_hub.model_info answers from a hand-written set of repositories
+# (raising huggingface_hub's real errors, made by its own hf_raise_for_status from a 404 / 401
+# response), and the pipeline class "downloads" an id by loading the saved SD v1 stand-in. Nothing
+# touches the network; the tests read which ids were asked and loaded, in which order.
+
+V14, V15 = "CompVis/stable-diffusion-v1-4", "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+def _hub_error(status: int, code: str, repo: str):
+    """The error huggingface_hub itself raises for a hub response with this status and error code."""
+    import httpx2
+    from huggingface_hub.utils import hf_raise_for_status
+
+    url = f"https://huggingface.co/api/models/{repo}"
+    response = httpx2.Response(status, request=httpx2.Request("GET", url), headers={"X-Error-Code": code})
+    try:
+        hf_raise_for_status(response)
+    except Exception as err:  # noqa: BLE001 - the error is the product
+        return err
+    raise AssertionError(f"hf_raise_for_status raised nothing for {status} {code}")
+
+
+class FakeHub:
+    def __init__(self, repos=(), gated=(), offline=False, cached=(), wrapped=(), unreachable=False):
+        self.repos, self.gated, self.offline, self.unreachable = set(repos), set(gated), offline, unreachable
+        self.cached = set(cached)  # ids from_pretrained can load while offline (the local cache)
+        self.wrapped = set(wrapped)  # ids diffusers reports as an OSError raised from RepositoryNotFoundError
+        self.asked, self.loaded = [], []
+
+    def model_info(self, repo_id, **kwargs):
+        from huggingface_hub.errors import OfflineModeIsEnabled
+
+        self.asked.append(repo_id)
+        if self.offline:
+            raise OfflineModeIsEnabled("Cannot reach https://huggingface.co: offline mode is enabled.")
+        if self.unreachable:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        if repo_id in self.gated:
+            raise _hub_error(401, "GatedRepo", repo_id)
+        if repo_id not in self.repos:
+            raise _hub_error(404, "RepoNotFound", repo_id)
+        return {"id": repo_id}
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, standin_folder):
+    import huggingface_hub
+
+    import p2p_lab.model as model
+
+    real = model.pipeline_class()
+    hubs = []
+
+    class FakePipeline:
+        @staticmethod
+        def from_pretrained(name, **kwargs):
+            hub = hubs[-1]
+            hub.loaded.append(name)
+            if name in hub.wrapped:
+                raise OSError(f"Cannot load model {name}") from _hub_error(404, "RepoNotFound", name)
+            if (hub.offline and name not in hub.cached) or (not hub.offline and name not in hub.repos):
+                raise OSError(f"Cannot load model {name}: model is not cached locally and an error occurred "
+                              f"while trying to fetch metadata from the Hub.")
+            kwargs.pop("safety_checker"), kwargs.pop("requires_safety_checker")
+            return real.from_pretrained(str(standin_folder), local_files_only=True, **kwargs)
+
+    def make(**kw):
+        hubs.append(FakeHub(**kw))
+        monkeypatch.setattr(huggingface_hub, "model_info", hubs[-1].model_info)
+        return hubs[-1]
+
+    monkeypatch.setattr(model, "pipeline_class", lambda: FakePipeline)
+    monkeypatch.delenv(model.MODEL_ENV, raising=False)
+    return make
+
+
+def test_the_table_lists_sd_v14_then_v15_and_removed_ids_are_not_in_it():
+    from p2p_lab.model import REMOVED_MODELS, SD_MODELS, SD_V1
+
+    assert SD_MODELS[:2] == (V14, V15) and SD_V1 == V14
+    for gone in ("runwayml/stable-diffusion-v1-5", "stabilityai/stable-diffusion-2-1",
+                 "stabilityai/stable-diffusion-2-1-base", "stabilityai/stable-diffusion-2"):
+        assert gone in REMOVED_MODELS and gone.lower() not in {m.lower() for m in SD_MODELS}
+
+
+def test_sd15_id_is_accepted_and_loaded_first(fake_hub, monkeypatch):
+    from p2p_lab.model import MODEL_ENV, ModelFallbackWarning, course_pipeline, describe_model, model_kind
+
+    hub = fake_hub(repos={V14, V15})
+    monkeypatch.setenv(MODEL_ENV, V15)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ModelFallbackWarning)  # no fallback: the id is on the hub
+        pipe = course_pipeline(device="cpu")
+    assert hub.asked == [V15] and hub.loaded == [V15]
+    assert model_kind(pipe) == "sd" and pipe.p2p_lab_hub_id == V15
+    assert describe_model(pipe).startswith(f"model: {V15} ({MODEL_ENV}={V15})")
+
+
+def test_a_gone_id_falls_back_to_the_next_in_the_table_saying_so(fake_hub, monkeypatch):
+    import p2p_lab.model as model
+
+    hub = fake_hub(repos={V15})  # v1.4 deleted from the hub
+    monkeypatch.setattr(model, "stable_diffusion_available", lambda: True)  # a GPU runtime's default
+    with pytest.warns(model.ModelFallbackWarning) as caught:
+        pipe = model.course_pipeline(device="cpu")
+    assert hub.asked == [V14, V15] and hub.loaded == [V15]  # v1.4 was never downloaded
+    (w,) = caught
+    assert str(w.message).startswith(f"{V14} is not on the Hugging Face Hub (repository not found); "
+                                      f"using {V15} instead.")
+    assert pipe.p2p_lab_choice.model == V15 and f"{V14} is not available" in pipe.p2p_lab_choice.reason
+    assert model.describe_model(pipe).startswith(f"model: {V15} (")
+
+
+def test_fallback_goes_on_from_v15_to_v14(fake_hub):
+    from p2p_lab.model import ModelFallbackWarning, load_pipeline
+
+    hub = fake_hub(repos={V14})
+    with pytest.warns(ModelFallbackWarning, match=f"{V15} is not on the Hugging Face Hub.*using {V14}"):
+        pipe = load_pipeline(V15.upper(), device="cpu")  # hub ids ignore case; the table's spelling is used
+    assert hub.asked == [V15, V14] and pipe.p2p_lab_hub_id == V14
+
+
+def test_a_gated_id_is_skipped_with_the_fix(fake_hub):
+    from p2p_lab.model import ModelFallbackWarning, load_pipeline
+
+    hub = fake_hub(repos={V14, V15}, gated={V14})
+    with pytest.warns(ModelFallbackWarning, match=f"{V14} is gated.*huggingface-cli login.*using {V15}"):
+        load_pipeline(V14, device="cpu")
+    assert hub.asked == [V14, V15] and hub.loaded == [V15]
+
+
+def test_not_found_reported_by_diffusers_also_falls_back(fake_hub):
+    """Where the hub cannot be asked first, a RepositoryNotFoundError behind diffusers' OSError counts."""
+    from p2p_lab.model import ModelFallbackWarning, load_pipeline
+
+    hub = fake_hub(repos={V14, V15}, wrapped={V14}, unreachable=True)
+    with pytest.warns(ModelFallbackWarning, match=f"{V14} is not on the Hugging Face Hub.*using {V15}"):
+        pipe = load_pipeline(V14, device="cpu")
+    assert hub.asked == [V14, V15] and hub.loaded == [V14, V15] and pipe.p2p_lab_hub_id == V15
+
+
+@pytest.mark.parametrize("removed, why", [
+    ("runwayml/stable-diffusion-v1-5", "deleted from the Hugging Face Hub.*its copy is " + V15),
+    ("RunwayML/Stable-Diffusion-v1-5", "deleted"),
+    ("stabilityai/stable-diffusion-2-1", "withdrawn from the Hugging Face Hub in November 2025"),
+    ("stabilityai/stable-diffusion-2-1-base", "withdrawn"),
+])
+def test_a_removed_id_is_an_error_naming_the_ids_that_work(fake_hub, monkeypatch, removed, why):
+    from p2p_lab.model import MODEL_ENV, choose_model, course_pipeline, load_pipeline
+
+    hub = fake_hub(repos={V14, V15})
+    works = f"the ids that work: {V14}, {V15}"
+    with pytest.raises(ValueError, match=f"(?i){why}.*{works}.*{MODEL_ENV}=shapes"):
+        load_pipeline(removed, device="cpu")
+    monkeypatch.setenv(MODEL_ENV, removed)
+    with pytest.raises(ValueError, match=f"(?i)^{MODEL_ENV}={removed}: .*{why}.*{works}"):
+        choose_model()  # refused before anything loads
+    with pytest.raises(ValueError, match=f"(?i){works}"):
+        course_pipeline(device="cpu")
+    assert hub.asked == [] and hub.loaded == []  # refused without asking the hub
+
+
+def test_an_id_the_hub_does_not_have_is_an_error_naming_the_ids_that_work(fake_hub):
+    from p2p_lab.model import load_pipeline
+
+    hub = fake_hub(repos={V14, V15})
+    typo = "CompVis/stable-diffusion-v1-44"
+    with pytest.raises(ValueError, match=f"could not load '{typo}': {typo} is not on the Hugging Face Hub "
+                                         f"\\(repository not found\\). Did you mean {V14}\\? "
+                                         f"The ids that work: {V14}, {V15}"):
+        load_pipeline(typo, device="cpu")
+    with pytest.raises(ValueError, match=f"^could not load 'someone/other-model': .*not on the Hugging Face "
+                                         f"Hub \\(repository not found\\)\\. The ids that work: {V14}, {V15}"):
+        load_pipeline("someone/other-model", device="cpu")
+    # an id the table does not know is not replaced by another model: only it was asked for
+    assert hub.asked == [typo, "someone/other-model"] and hub.loaded == []
+
+
+def test_when_the_whole_table_is_gone_the_error_says_how_to_go_on(fake_hub):
+    from p2p_lab.model import load_pipeline
+
+    hub = fake_hub(repos=set())
+    with pytest.raises(ValueError, match=f"none of the course's Stable Diffusion ids can be loaded: {V14} is not "
+                                         f"on the Hugging Face Hub.*; {V15} is not on.*SD_MODELS.*shapes"):
+        load_pipeline(V14, device="cpu")
+    assert hub.asked == [V14, V15] and hub.loaded == []
+
+
+def test_offline_tries_each_id_in_the_cache_then_names_the_network(fake_hub):
+    from p2p_lab.model import ModelFallbackWarning, load_pipeline
+
+    hub = fake_hub(repos={V14, V15}, offline=True)
+    with pytest.raises(OSError, match=f"could not be reached.*tried {V14}, {V15}.*{V14}, {V15}.*"
+                                      f"P2P_LAB_MODEL=shapes"):
+        load_pipeline(V14, device="cpu")
+    assert hub.loaded == [V14, V15]
+    hub = fake_hub(repos={V14, V15}, offline=True, cached={V15})  # offline, v1.5 in the local cache
+    with pytest.warns(ModelFallbackWarning, match=f"{V14} could not be loaded \\(OSError\\); using {V15}"):
+        pipe = load_pipeline(V14, device="cpu")
+    assert hub.loaded == [V14, V15] and pipe.p2p_lab_hub_id == V15
