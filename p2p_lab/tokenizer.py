@@ -18,7 +18,8 @@ MAX_LENGTH = 16  # tokens per prompt, start and end tokens included
 
 
 def world_words() -> list[str]:
-    return ["a", "on", "and", "background", *shapes.SIZES, *shapes.COLORS, *shapes.SHAPES]
+    return ["a", "on", "and", "background", *shapes.SIZES, *shapes.OBJECT_STYLES, *shapes.BACKGROUND_STYLES,
+            *shapes.COLORS, *shapes.SHAPES]
 
 
 def write_bpe_files(folder: str | Path, words: list[str] | None = None,

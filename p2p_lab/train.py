@@ -49,10 +49,10 @@ class TrainConfig:
     vae_batch: int = 16  # small batches: more updates per CPU second on this simple world
     vae_lr: float = 1e-3  # 100-step warm-up, constant, linear decay to 0 over the last 1000 steps
     kl_weight: float = 1e-6  # on the summed KL per image
-    decoder_steps: int = 6000  # last stage: the decoder alone, encoder frozen (see finetune_decoder)
+    decoder_steps: int = 3000  # last stage: the decoder alone, encoder frozen (see finetune_decoder)
     decoder_batch: int = 32
     decoder_lr: float = 3e-4  # 100-step warm-up, constant, linear decay to 0 over the last 30 %
-    steps: int = 5000  # UNet + text encoder steps
+    steps: int = 6000  # UNet + text encoder steps
     batch: int = 64
     lr: float = 8e-4  # AdamW, linear warm-up then cosine to zero
     warmup: int = 500
@@ -62,8 +62,10 @@ class TrainConfig:
     attn_loss_weight: float = 0.05  # 0 switches the auxiliary attention loss off
     context_swap: float = 0.5  # fraction of captions whose tokens after the object words are encoded
     # from a decoy caption naming another object (see decoy_caption); 0 switches it off
-    word_decoys: float = 0.0  # fraction of captions whose object words are each encoded after decoy
-    # earlier object words (see encode_captions; the shipped model was trained without: 0)
+    word_decoys: float = 0.5  # fraction of captions whose object words are each encoded after decoy
+    # earlier object words (see encode_captions), so that "shaded" is read from its own token
+    p_style: float = 0.4  # share of objects drawn shaded (shapes.OBJECT_STYLES); 0: the flat world
+    p_background_style: float = 0.35  # share of backgrounds drawn spotted; 0: the flat world
     init_from: str | None = None  # a pipeline folder to fine-tune: its UNet and text encoder start the
     # UNet stage, its autoencoder is kept (no autoencoder stages)
     checkpoint_every: int = 500
@@ -74,28 +76,37 @@ class TrainConfig:
 
 # ------------------------------------------------------------------ data
 
-def render_dataset(n: int, seed: int) -> dict[str, np.ndarray]:
+def _style_index(style, styles) -> int:
+    return 0 if style is None else 1 + styles.index(style)
+
+
+def render_dataset(n: int, seed: int, p_style: float = 0.0, p_background_style: float = 0.0) -> dict[str, np.ndarray]:
     """n one-object scenes: images (n, 32, 32, 3) uint8, soft masks (n, 32, 32), attributes."""
     rng = np.random.default_rng(seed)
     size = shapes.IMAGE_SIZE
     images = np.empty((n, size, size, 3), np.uint8)
     masks = np.empty((n, size, size), np.float32)
-    attrs = np.empty((n, 4), np.int64)  # shape, colour, size, background (indices)
+    attrs = np.empty((n, 6), np.int64)  # shape, colour, size, background, style, background style
     colors = list(shapes.COLORS)
     for i in range(n):
-        scene = shapes.sample_scene(rng)
+        scene = shapes.sample_scene(rng, p_style=p_style, p_background_style=p_background_style)
         obj = scene.objects[0]
         images[i], _ = shapes.render(scene)
         masks[i] = shapes.shape_mask(obj)
         attrs[i] = (shapes.SHAPES.index(obj.shape), colors.index(obj.color),
-                    shapes.SIZES.index(obj.size), colors.index(scene.background))
+                    shapes.SIZES.index(obj.size), colors.index(scene.background),
+                    _style_index(obj.style, shapes.OBJECT_STYLES),
+                    _style_index(scene.background_style, shapes.BACKGROUND_STYLES))
     return {"images": images, "masks": masks, "attrs": attrs}
 
 
 def scene_from_attrs(a) -> shapes.Scene:
+    """The scene a row of ``attrs`` describes, for its caption (places, sizes and spots left out)."""
     colors = list(shapes.COLORS)
-    obj = shapes.ShapeSpec(shapes.SHAPES[a[0]], colors[a[1]], shapes.SIZES[a[2]], (0.0, 0.0), 0.0)
-    return shapes.Scene((obj,), colors[a[3]])
+    style = shapes.OBJECT_STYLES[a[4] - 1] if len(a) > 4 and a[4] else None
+    bg_style = shapes.BACKGROUND_STYLES[a[5] - 1] if len(a) > 5 and a[5] else None
+    obj = shapes.ShapeSpec(shapes.SHAPES[a[0]], colors[a[1]], shapes.SIZES[a[2]], (0.0, 0.0), 0.0, style)
+    return shapes.Scene((obj,), colors[a[3]], bg_style)
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -121,9 +132,13 @@ def word_groups(tokenizer, words: list[str], length: int) -> list[list[int]]:
     return groups
 
 
+N_OBJECT_WORDS = 4  # size, style, colour, shape: the most words an object has
+
+
 def caption_targets(tokenizer, scene, rng, cfg: TrainConfig, length: int):
-    """A random caption for a scene, plus which token positions name the object / background."""
-    obj_groups, bg = torch.zeros(3, length), torch.zeros(length)
+    """A random caption for a scene, plus which token positions name the object (one row per
+    object word: size, style, colour, shape) and the background (its colour and style words)."""
+    obj_groups, bg = torch.zeros(N_OBJECT_WORDS, length), torch.zeros(length)
     if rng.random() < cfg.caption_dropout:
         return "", obj_groups, bg
     text = shapes.random_caption(scene, rng)
@@ -134,7 +149,7 @@ def caption_targets(tokenizer, scene, rng, cfg: TrainConfig, length: int):
         if 0 < i < n_obj:  # skip the article
             obj_groups[k, g] = 1.0
             k += 1
-        elif i == len(words) - 2 and words[-1] == "background":
+        elif words[-1] == "background" and (i == len(words) - 2 or words[i] in shapes.BACKGROUND_STYLES):
             bg[g] = 1.0
     return text, obj_groups, bg
 
@@ -163,6 +178,9 @@ def decoy_caption(text: str, rng, tokenizer) -> str:
             pool = [x for x in shapes.COLORS if x not in (w, background) and _token_count(tokenizer, x) == n]
         elif w in shapes.SIZES:
             pool = [x for x in shapes.SIZES if x != w]
+        elif w in shapes.OBJECT_STYLES:  # another style, or a size word where the caption has none
+            pool = [x for x in shapes.OBJECT_STYLES + shapes.SIZES if x != w and x not in words
+                    and _token_count(tokenizer, x) == _token_count(tokenizer, w)]
         else:
             continue
         if pool:
@@ -212,10 +230,10 @@ def attention_loss(maps, masks, obj_groups, bg) -> torch.Tensor:
     words w of log sum_{j in w} A_ij; outside, -log sum_{j in background} A_ij; averaged over the
     pixels of every map (captions without object or background words weigh nothing).
     maps: list of ((rows, cols), A of shape (b, rows * cols, m)), as :class:`AttentionCapture`
-    keeps them; masks: (b, 1, H, W) object masks in [0, 1]; obj_groups: (b, 3, m) one row per
+    keeps them; masks: (b, 1, H, W) object masks in [0, 1]; obj_groups: (b, g, m) one row per
     object word present; bg: (b, m).
     """
-    present = obj_groups.amax(-1)  # (b, 3)
+    present = obj_groups.amax(-1)  # (b, g)
     has_obj, has_bg = present.amax(-1), bg.amax(-1)  # (b,)
     inside_at: dict[tuple[int, int], torch.Tensor] = {}
     total, weight = 0.0, 0.0
@@ -557,6 +575,31 @@ def export(folder: Path, vae, unet, text_encoder, tokenizer) -> None:
     save_pipeline(assemble_pipeline(vae, te.eval(), tokenizer, u.eval()), folder)
 
 
+# settings that change how a run goes, not what it trains
+_RUN_ONLY = {"out", "export", "threads", "progress", "checkpoint_every", "export_every"}
+_TOTALS = ("vae_steps", "steps", "decoder_steps")  # a finished run may be extended by raising these
+
+
+def check_resumable(out: Path, cfg: TrainConfig, mcfg: ModelConfig) -> None:
+    """Refuse a checkpoint folder trained with other settings (resuming it would mix two runs'
+    weights) or a finished run asked for nothing more, naming what differs and the fix. Raising a
+    stage's step total extends a run; anything else must match."""
+    if not (out / "config.json").exists():
+        return
+    old = json.loads((out / "config.json").read_text())
+    new = json.loads(json.dumps({"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(mcfg)}))
+    diff = [f"{part}.{k}: {old[part].get(k)!r} there, {v!r} now" for part in ("train", "model")
+            for k, v in new[part].items()
+            if k not in _RUN_ONLY and k not in _TOTALS and old.get(part, {}).get(k) != v]
+    if diff:
+        raise ValueError(f"{out} holds checkpoints of a run with other settings ({'; '.join(diff)}); "
+                         f"resume it with the same settings, or pass a new --out folder.")
+    if (out / "done.json").exists() and all(new["train"][k] <= old["train"][k] for k in _TOTALS):
+        raise ValueError(f"{out} holds a finished training run (done.json): nothing is left to train "
+                         f"at these step counts, and its pipeline was exported already. Raise --steps "
+                         f"(or --vae-steps, --decoder-steps) to train on, or pass a new --out folder.")
+
+
 def main(cfg: TrainConfig, mcfg: ModelConfig | None = None) -> Path:
     from accelerate import Accelerator
 
@@ -567,6 +610,7 @@ def main(cfg: TrainConfig, mcfg: ModelConfig | None = None) -> Path:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
+    check_resumable(out, cfg, mcfg)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"train": dataclasses.asdict(cfg),
                                                  "model": dataclasses.asdict(mcfg)}, indent=1))
@@ -576,7 +620,7 @@ def main(cfg: TrainConfig, mcfg: ModelConfig | None = None) -> Path:
     if data_file.exists():
         data = dict(np.load(data_file))
     else:
-        data = render_dataset(cfg.n_scenes, cfg.seed)
+        data = render_dataset(cfg.n_scenes, cfg.seed, cfg.p_style, cfg.p_background_style)
         np.savez(data_file, **data)
     t0 = time.time()
     if cfg.init_from:  # a fine-tune: the pipeline's own autoencoder (its latents are the UNet's)

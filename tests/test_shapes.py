@@ -73,8 +73,8 @@ def test_captions_base_form_and_optional_parts():
 
 def test_parse_caption_round_trip_and_errors():
     got = shapes.parse_caption("a big turquoise triangle on a purple background")
-    assert got == {"objects": [{"shape": "triangle", "color": "turquoise", "size": "big"}],
-                   "background": "purple"}
+    assert got == {"objects": [{"shape": "triangle", "color": "turquoise", "size": "big", "style": None}],
+                   "background": "purple", "background_style": None}
     assert shapes.parse_caption("a circle")["objects"][0]["color"] is None
     with pytest.raises(ValueError, match="mauve"):
         shapes.parse_caption("a mauve circle")
@@ -118,3 +118,63 @@ def test_read_image_rejects_wrong_shapes():
         shapes.read_image(np.zeros((32, 32)))
     with pytest.raises(ValueError, match="shapes-world scorer.*512x512"):
         shapes.read_image(np.zeros((512, 512, 3)))
+
+
+# ---------------------------------------------------------------- appearance: shaded, spotted
+
+def test_shaded_render_runs_from_tint_to_shade_by_the_formula():
+    spec = shapes.ShapeSpec("square", "red", "big", (16.0, 16.0), 7.0, "shaded", 0.8)
+    img, _ = shapes.render(shapes.Scene((spec,), "blue"))
+    red = np.array(shapes.COLORS["red"], float)
+    # hand-worked: row 9 is 0.5 px below the top edge (9.0): h = 0.5 / 14, lam = 0.8 (0.5 - h) > 0
+    lam_top = 0.8 * (0.5 - 0.5 / 14)
+    assert np.allclose(img[9, 16], np.rint(red + lam_top * (255 - red)), atol=1)
+    lam_bottom = 0.8 * (0.5 - 13.5 / 14)  # row 22, the last inside: toward black
+    assert np.allclose(img[22, 16], np.rint(red * (1 + lam_bottom)), atol=1)
+
+
+def test_scorer_reads_styles_and_their_strength_against_the_ground_truth():
+    rng = np.random.default_rng(7)
+    right, errors, flat = 0, [], []
+    for _ in range(300):
+        scene = shapes.sample_scene(rng, p_style=0.5, p_background_style=0.5)
+        img, _ = shapes.render(scene)
+        got, truth = shapes.read_image(img), scene.objects[0]
+        obj = got.objects[0]
+        right += (len(got.objects) == 1 and (obj.shape, obj.color, obj.style) == (truth.shape, truth.color, truth.style)
+                  and got.background == scene.background and got.background_style == scene.background_style)
+        (errors if truth.style else flat).append(obj.shading - truth.strength)
+    assert right / 300 >= 0.99
+    assert abs(np.median(errors)) < 0.08 and np.percentile(np.abs(errors), 90) < 0.15
+    assert np.abs(flat).max() < shapes.SHADE_SPLIT  # a flat object never reads as shaded
+
+
+def test_shading_strength_is_monotone_in_the_drawn_strength():
+    reads = []
+    for s in (0.0, 0.3, 0.6, 0.9):
+        spec = shapes.ShapeSpec("circle", "green", "big", (16.0, 16.0), 7.5, "shaded" if s else None, s)
+        reads.append(shapes.read_image(shapes.render(shapes.Scene((spec,), "purple"))[0]).objects[0].shading)
+    assert all(a < b for a, b in zip(reads, reads[1:])), reads
+
+
+def test_grammar_with_styles_and_its_errors():
+    got = shapes.parse_caption("a big shaded red circle on a spotted blue background")
+    assert got == {"objects": [{"shape": "circle", "color": "red", "size": "big", "style": "shaded"}],
+                   "background": "blue", "background_style": "spotted"}
+    scene = shapes.Scene((shapes.ShapeSpec("circle", "red", "big", (9, 9), 7.0, "shaded", 0.6),), "blue", "spotted")
+    assert shapes.caption(scene, with_size=True) == "a big shaded red circle on a spotted blue background"
+    with pytest.raises(ValueError, match="in that order"):
+        shapes.parse_caption("a red shaded circle")  # adjectives out of order
+    with pytest.raises(ValueError, match="background styles"):
+        shapes.parse_caption("a red circle on a striped blue background")
+    with pytest.raises(ValueError, match="object style"):
+        shapes.sample_scene(np.random.default_rng(0), style="striped")
+
+
+def test_score_caption_checks_the_styles():
+    spec = shapes.ShapeSpec("circle", "red", "big", (16.0, 16.0), 7.0, "shaded", 0.8)
+    img, _ = shapes.render(shapes.Scene((spec,), "blue", "spotted", ((3.0, 3.0, 2.0), (28.0, 4.0, 2.0), (4.0, 27.0, 2.0))))
+    assert shapes.score_caption(img, "a shaded red circle on a spotted blue background")["all"]
+    res = shapes.score_caption(img, "a red circle on a blue background")  # asks for flat and plain
+    assert not res["style"] and not res["background_style"] and res["color"] and not res["all"]
+    assert shapes.score_caption(img, "a shaded red circle")["background_style"] is None

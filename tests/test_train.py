@@ -182,7 +182,7 @@ def test_word_decoys_encode_each_object_word_after_decoys_of_the_earlier_ones():
     assert enc.get_input_embeddings().weight.grad is not None
     # off (the shipped model's setting): the plain encoding
     plain = encode_captions(tok, enc, texts, np.random.default_rng(0), TrainConfig(context_swap=0.0), "cpu")
-    assert torch.allclose(plain[0], own) and TrainConfig().word_decoys == 0
+    assert torch.allclose(plain[0], own) and TrainConfig().word_decoys > 0  # on for the styles world
 
 
 def test_init_from_starts_the_unet_stage_from_a_pipeline(tmp_path):
@@ -195,3 +195,44 @@ def test_init_from_starts_the_unet_stage_from_a_pipeline(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)  # no steps: the exported weights are the start's
     va, vb = (load_file(str(d / "export" / "vae" / "diffusion_pytorch_model.safetensors")) for d in (src, out))
     assert all(torch.equal(va[k], vb[k]) for k in va)  # the pipeline's own autoencoder is kept
+
+
+def test_caption_targets_name_the_style_words_as_object_and_background_words():
+    import tempfile
+
+    from p2p_lab import shapes
+    from p2p_lab.tokenizer import build_tokenizer
+    from p2p_lab.train import caption_targets
+
+    tok = build_tokenizer(Path(tempfile.mkdtemp()) / "bpe")
+    spec = shapes.ShapeSpec("circle", "red", "big", (9, 9), 7.0, "shaded", 0.6)
+    scene = shapes.Scene((spec,), "blue", "spotted")
+    cfg = TrainConfig(caption_dropout=0.0)
+    for seed in range(20):  # the size and colour words are optional: find a caption with all of them
+        text, groups, bg = caption_targets(tok, scene, np.random.default_rng(seed), cfg, 16)
+        if text == "a big shaded red circle on a spotted blue background":
+            break
+    else:
+        raise AssertionError("no full caption drawn")
+    # positions, by hand: 0 start, 1 a, 2 big, 3 shaded, 4 red, 5 circle, 6 on, 7 a, 8 spotted, 9 blue
+    assert [torch.nonzero(g).flatten().tolist() for g in groups] == [[2], [3], [4], [5]]
+    assert torch.nonzero(bg).flatten().tolist() == [8, 9]
+
+
+def test_a_foreign_or_finished_checkpoint_is_refused(tmp_path):
+    from p2p_lab.model import ModelConfig
+    from p2p_lab.train import check_resumable
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"train": {**vars(TrainConfig()), "p_style": 0.0},
+                                                 "model": vars(ModelConfig()) | {"unet_channels": [32, 64]}}))
+    with pytest.raises(ValueError, match=r"train\.p_style: 0\.0 there, 0\.4 now.*new --out"):
+        check_resumable(out, TrainConfig(), ModelConfig())
+    (out / "config.json").write_text(json.dumps({"train": vars(TrainConfig()),
+                                                 "model": vars(ModelConfig()) | {"unet_channels": [32, 64]}}))
+    check_resumable(out, TrainConfig(threads=1), ModelConfig())  # same settings: resumes
+    (out / "done.json").write_text("{}")
+    with pytest.raises(ValueError, match="finished training run.*Raise --steps"):
+        check_resumable(out, TrainConfig(), ModelConfig())
+    check_resumable(out, TrainConfig(steps=TrainConfig().steps + 1000), ModelConfig())  # extends it
