@@ -72,6 +72,8 @@ def test_release_layout(released):
         assert (target / "data" / "shapes-ldm" / "model_index.json").exists()
         assert (target / "pyproject.toml").exists()
     assert (grader / "run_autograder").exists() and (grader / "setup.sh").exists()
+    run = (grader / "run_autograder").read_text()  # a grading parent without torch, hidden results later
+    assert "python3 -m p2p_lab.grading grade " in run and "--visibility after_due_date" in run
     hidden = sorted(p.name for p in (ROOT / "tests" / "hidden").glob("hidden_*.py"))
     assert sorted(p.name for p in (grader / "tests" / "hidden").glob("*.py")) == hidden
 
@@ -579,13 +581,57 @@ def test_grade_cli_on_a_directory(hostile, tmp_path, capsys):
     assert main(["grade", str(tmp_path / "missing.ipynb")]) == 2
 
 
+VISIBLE = SYNTHETIC.replace('"add": {"points": 1.0, "name": "add"}', '"add": {"points": 1.0, "name": "add", "public": True}')
+
+
+def test_results_carry_gradescope_visibility(tmp_path):
+    """Hidden tests' results: after the due date unless the instructor says otherwise (grade's
+    visibility, the CLI's --visibility); a question marked public is visible at once."""
+    from p2p_lab.grading.__main__ import main
+
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    (hidden / "hidden_synthetic.py").write_text(VISIBLE)
+    nb = _notebook(tmp_path / "good.ipynb", [ADD, MUL, NEG], "synthetic")
+    r = grading.grade(nb, tmp_path / "default.json", hidden, FAST)
+    assert {t["name"].split(":")[0]: t["visibility"] for t in r["tests"]} == {
+        "add": "visible", "mul": "after_due_date", "neg": "after_due_date"}
+    assert r["score"] == 4.0
+    assert main(["grade", str(nb), "--json", str(tmp_path / "cli.json"), "--hidden", str(hidden),
+                 "--visibility", "hidden"]) == 0
+    written = json.loads((tmp_path / "cli.json").read_text())
+    assert [t["visibility"] for t in written["tests"]] == ["visible", "hidden", "hidden"]
+
+
+def test_a_visibility_gradescope_does_not_know_is_refused(tmp_path, capsys):
+    from p2p_lab.grading.__main__ import main
+
+    with pytest.raises(ValueError, match="'later' is not one of Gradescope's: hidden, after_due_date"):
+        grading.grade(tmp_path, visibility="later")
+    with pytest.raises(ValueError, match="not one of Gradescope's"):
+        grading.release(tmp_path / "out", visibility="after due date")
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+    with pytest.raises(SystemExit):
+        main(["grade", str(tmp_path), "--visibility", "later"])
+    assert "invalid choice: 'later'" in capsys.readouterr().err
+
+
+def test_a_public_flag_that_is_not_a_bool_is_an_instructor_error(tmp_path):
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    (hidden / "hidden_synthetic.py").write_text(VISIBLE.replace('"public": True', '"public": "yes"'))
+    nb = _notebook(tmp_path / "good.ipynb", [ADD], "synthetic")
+    r = grading.grade_notebook(nb, hidden, FAST)
+    assert r["tests"] == [] and "'public': 'yes'; write True" in r["output"]
+
+
 def test_parallel_grading_splits_the_cores(monkeypatch, tmp_path):
-    """jobs > 1: each grading process gets cores // jobs torch threads (unless the caller set them,
+    """Each grading process gets the usable CPUs // jobs torch threads (unless the caller set them,
     in Limits or in the environment)."""
     seen = []
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(parent.os, "cpu_count", lambda: 4)
-    monkeypatch.setattr(parent, "_grade_to", lambda nb, out, hidden, limits: seen.append(
+    monkeypatch.setattr(parent, "usable_cpus", lambda: 4)
+    monkeypatch.setattr(parent, "_grade_to", lambda nb, out, hidden, limits, visibility=None: seen.append(
         parent._child_env((limits or Limits()).threads).get("OMP_NUM_THREADS")) or {})
     folder = tmp_path
     for name in ("a.ipynb", "b.ipynb"):
@@ -593,13 +639,47 @@ def test_parallel_grading_splits_the_cores(monkeypatch, tmp_path):
     grading.grade(folder, folder / "out", jobs=2)
     assert seen == ["2", "2"]
     grading.grade(folder, folder / "out", jobs=1)
-    assert seen[2:] == [None, None]
+    assert seen[2:] == ["4", "4"]  # all the usable CPUs, not torch's default
     grading.grade(folder, folder / "out", jobs=2, limits=Limits(threads=1))
     assert seen[4:] == ["1", "1"]
     del seen[4:]
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     grading.grade(folder, folder / "out", jobs=2)
     assert seen[4:] == ["3", "3"]
+
+
+def _cgroup(tmp_path, files: dict) -> Path:
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    return tmp_path
+
+
+@pytest.mark.parametrize("files, quota", [
+    ({"cpu.max": "50000 100000\n"}, 0.5),  # Gradescope's default container, cgroup v2
+    ({"cpu.max": "250000 100000\n"}, 2.5),
+    ({"cpu.max": "max 100000\n"}, None),  # v2 without a quota
+    ({"cpu/cpu.cfs_quota_us": "150000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1.5),  # v1
+    ({"cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, None),
+    ({"cpu.max": "garbage"}, None),
+    ({}, None),  # no cgroup files at all
+])
+def test_cgroup_cpu_quota_from_fake_cgroup_files(tmp_path, files, quota):
+    assert parent.cgroup_cpu_quota(_cgroup(tmp_path, files)) == quota
+
+
+@pytest.mark.parametrize("files, cpus", [
+    ({"cpu.max": "50000 100000\n"}, 1),  # half a CPU: still one thread
+    ({"cpu.max": "250000 100000\n"}, 2),  # rounded down: no thread waits for a third CPU
+    ({"cpu.max": "800000 100000\n"}, 3),  # a quota above the affinity: the 3 CPUs it may run on
+    ({"cpu.max": "max 100000\n"}, 3),
+    ({"cpu/cpu.cfs_quota_us": "150000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),
+    ({}, 3),
+])
+def test_usable_cpus_is_the_quota_or_the_affinity_never_the_host(monkeypatch, tmp_path, files, cpus):
+    monkeypatch.setattr(parent.os, "sched_getaffinity", lambda pid: {0, 5, 7}, raising=False)
+    monkeypatch.setattr(parent.os, "cpu_count", lambda: 64)  # the host's count is never used
+    assert parent.usable_cpus(_cgroup(tmp_path, files)) == cpus
 
 
 def test_child_entry_point_is_importable_without_side_effects():

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from .notebooks import BEGIN, END, QUESTION_ID, REPO_ROOT, cell_source, question_of
-from .parent import record_timings
+from .parent import HIDDEN_VISIBILITY, check_visibility, record_timings
 
 
 def strip_solutions(source: str, question: str, body: str | None = None) -> str:
@@ -133,7 +133,7 @@ def point_at_repo(nb, name: str, repo: str):
 
 
 def release(out_dir, notebooks_dir=None, repo_root=None, repo: str | None = None, timings: bool = True,
-            jobs: int = 1) -> Path:
+            jobs: int = 1, visibility: str = HIDDEN_VISIBILITY) -> Path:
     """Write ``out_dir/student`` and ``out_dir/autograder`` from the master notebooks.
 
     ``student/``: ``notebooks/`` (stubs in place of solutions, outputs cleared), the ``p2p_lab``
@@ -144,10 +144,13 @@ def release(out_dir, notebooks_dir=None, repo_root=None, repo: str | None = None
     (default: ``p2p_lab.COLAB_REPO``). ``timings``: grade the master notebooks with the bundle
     (``jobs`` at a time; minutes) and record their cells' and hidden tests' times in its
     ``tests/hidden/timings.json``, from which grading sets tight limits (:func:`.record_timings`);
-    a master that does not score full marks stops the release. Returns ``out_dir``.
+    a master that does not score full marks stops the release. ``visibility``: when Gradescope
+    shows students the hidden tests' results (``run_autograder`` grades with it; default after the
+    due date; a grading's own ``--visibility`` overrides it). Returns ``out_dir``.
     """
     import nbformat
 
+    check_visibility(visibility)
     root = Path(repo_root or REPO_ROOT)
     notebooks_dir = Path(notebooks_dir or root / "notebooks")
     out = Path(out_dir)
@@ -174,7 +177,7 @@ def release(out_dir, notebooks_dir=None, repo_root=None, repo: str | None = None
     hidden.mkdir(parents=True)
     for p in sorted((root / "tests" / "hidden").glob("hidden_*.py")):
         shutil.copy2(p, hidden / p.name)
-    _write_bundle_files(student, grader, sorted(versions))
+    _write_bundle_files(student, grader, sorted(versions), visibility)
     if timings:
         record_timings(masters, hidden, jobs=jobs)
     return out
@@ -210,8 +213,9 @@ _RUN_AUTOGRADER = """#!/usr/bin/env bash
 set -u
 cd /autograder/source
 mkdir -p /autograder/results
-python3 -m p2p_lab grade /autograder/submission --json /autograder/results/results.json \\
-    --hidden /autograder/source/tests/hidden
+# p2p_lab.grading, not p2p_lab: the grading parent then loads no torch (memory: see README.md)
+python3 -m p2p_lab.grading grade /autograder/submission --json /autograder/results/results.json \\
+    --hidden /autograder/source/tests/hidden --visibility {visibility}
 """
 
 _SETUP = """#!/usr/bin/env bash
@@ -222,9 +226,9 @@ pip3 install -e "/autograder/source[lab]"
 """
 
 
-def _write_bundle_files(student: Path, grader: Path, names: list[str]) -> None:
+def _write_bundle_files(student: Path, grader: Path, names: list[str], visibility: str = HIDDEN_VISIBILITY) -> None:
     (student / "README.md").write_text(_STUDENT_README)
-    (grader / "README.md").write_text(_GRADER_README.format(names=", ".join(names)))
-    for name, text in (("run_autograder", _RUN_AUTOGRADER), ("setup.sh", _SETUP)):
+    (grader / "README.md").write_text(_GRADER_README.format(names=", ".join(names), visibility=visibility))
+    for name, text in (("run_autograder", _RUN_AUTOGRADER.format(visibility=visibility)), ("setup.sh", _SETUP)):
         (grader / name).write_text(text)
         (grader / name).chmod(0o755)

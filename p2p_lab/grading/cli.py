@@ -5,13 +5,14 @@ from __future__ import annotations
 import sys
 
 from .bundle import release
-from .parent import Limits, grade
+from .parent import HIDDEN_VISIBILITY, VISIBILITIES, Limits, grade
 
 
 def _release_cmd(args) -> int:
     if not args.no_timings:
         print("timing the master solutions with the autograder (some minutes)...", flush=True)
-    out = release(args.out, args.notebooks, repo=args.repo, timings=not args.no_timings, jobs=args.jobs)
+    out = release(args.out, args.notebooks, repo=args.repo, timings=not args.no_timings, jobs=args.jobs,
+                  visibility=args.visibility)
     print(f"student version: {out / 'student'}\nautograder: {out / 'autograder'}")
     return 0
 
@@ -19,7 +20,7 @@ def _release_cmd(args) -> int:
 def _grade_cmd(args) -> int:
     limits = Limits(cell_s=args.cell_timeout, question_s=args.question_timeout, total_s=args.total_timeout)
     try:
-        result = grade(args.submission, args.json, args.hidden, limits, args.jobs)
+        result = grade(args.submission, args.json, args.hidden, limits, args.jobs, args.visibility)
     except FileNotFoundError as err:
         print(err, file=sys.stderr)
         return 2
@@ -31,6 +32,12 @@ def _grade_cmd(args) -> int:
             first = t['output'].splitlines()[0] if t['output'] else ''
             print(f"  {t['name']}: {t['score']:g} / {t['max_score']:g}  {first}")
     return 0
+
+
+def _visibility_arg(p, where: str) -> None:
+    p.add_argument("--visibility", choices=VISIBILITIES, default=HIDDEN_VISIBILITY,
+                   help=f"when Gradescope shows students the hidden tests' results ({where}; default "
+                        f"{HIDDEN_VISIBILITY}); questions marked public in QUESTIONS are always visible")
 
 
 def register_cli(subparsers) -> dict:
@@ -46,11 +53,13 @@ def register_cli(subparsers) -> dict:
     p.add_argument("--no-timings", action="store_true", help="skip timing the master solutions: "
                    "every cell then gets the default limits when graded")
     p.add_argument("--jobs", type=int, default=1, help="master notebooks timed in parallel")
+    _visibility_arg(p, "the autograder's run_autograder passes it to every grading")
     p = subparsers.add_parser("grade", help=commands["grade"][0])
     p.add_argument("submission", help="a notebook, or a folder of notebooks")
     p.add_argument("--json", default=None, help="results file (or folder, for a folder of notebooks)")
     p.add_argument("--hidden", default=None, help="folder of hidden_<assignment>.py (default: tests/hidden)")
     p.add_argument("--jobs", type=int, default=1, help="notebooks of a folder graded in parallel")
+    _visibility_arg(p, "written into each result")
     d = Limits()
     p.add_argument("--cell-timeout", type=float, default=d.cell_s, help="seconds per notebook cell")
     p.add_argument("--question-timeout", type=float, default=d.question_s, help="seconds per question")

@@ -52,9 +52,68 @@ class Limits:
     floor_s: float = 30.0  # ... and at least this (timings.json, see record_timings)
     attempts: int = 4  # reruns after a cell or a test kills or hangs the grading process
     memory_gb: float | None = None  # address-space limit of the grading process (None: none)
-    threads: int | None = None  # torch threads of the grading process (None: torch's choice);
-    # ``grade`` with jobs > 1 sets cores // jobs: two notebooks graded side by side with 2 threads
+    threads: int | None = None  # torch threads of the grading process (None: usable_cpus());
+    # ``grade`` with jobs > 1 sets usable_cpus() // jobs: two notebooks graded side by side with 2 threads
     # each on 2 cores spun for over 10 minutes, against 97 s with 1 thread each
+
+
+CGROUP = Path("/sys/fs/cgroup")  # where a container's CPU quota is read (cgroup v2, or v1 below it)
+
+
+def usable_cpus(cgroup=CGROUP) -> int:
+    """The CPUs the grading process may really use, at least 1: the container's CPU quota (cgroup v2
+    ``cpu.max``, or v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``) rounded down, and at most the
+    CPUs it may be scheduled on (``os.sched_getaffinity``); never the host's count, which in a
+    container is the machine's. Gradescope's default container (0.5 CPU) gives 1: torch's default
+    there, one thread per host core, spun threads against each other (notebook 05: 627 s instead
+    of 32 s)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup_cpu_quota(cgroup)
+    if quota is not None:
+        cpus = min(cpus, int(quota))
+    return max(1, cpus)
+
+
+def cgroup_cpu_quota(cgroup=CGROUP) -> float | None:
+    """CPUs of the cgroup's quota (0.5 for 50 ms per 100 ms), or None: no quota, or no cgroup files."""
+    root = Path(cgroup)
+    try:
+        fields = (root / "cpu.max").read_text().split()  # v2: "max 100000" or "50000 100000"
+    except OSError:
+        fields = None
+    if fields is not None:
+        try:
+            quota, period = (None, 1) if fields[0] == "max" else (int(fields[0]), int(fields[1]))
+        except (IndexError, ValueError):
+            return None
+        return quota / period if quota and quota > 0 and period > 0 else None
+    for folder in (root / "cpu", root / "cpu,cpuacct", root):  # v1: quota -1 means none
+        try:
+            quota = int((folder / "cpu.cfs_quota_us").read_text())
+            period = int((folder / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return quota / period if quota > 0 and period > 0 else None
+    return None
+
+
+VISIBILITIES = ("hidden", "after_due_date", "after_published", "visible")  # Gradescope's
+HIDDEN_VISIBILITY = "after_due_date"  # hidden tests' results, unless the instructor says otherwise
+
+
+def check_visibility(visibility: str) -> str:
+    """``visibility`` if Gradescope knows it, else a ValueError naming the ones it does."""
+    if visibility not in VISIBILITIES:
+        raise ValueError(f"visibility {visibility!r} is not one of Gradescope's: {', '.join(VISIBILITIES)} "
+                         f"(hidden tests default to {HIDDEN_VISIBILITY!r}; a question marked \"public\": True "
+                         f"in QUESTIONS is always 'visible')")
+    return visibility
+
+
+def result_visibility(spec: dict, visibility: str) -> str:
+    """What a question's result shows students: 'visible' for a public question (its QUESTIONS
+    entry says ``"public": True``), else the hidden tests' ``visibility``."""
+    return "visible" if spec.get("public") else visibility
 
 
 TIMINGS = "timings.json"  # beside the hidden tests: {assignment: {"cells": {key: s}, "questions": {q: s},
@@ -141,6 +200,9 @@ def read_questions(hidden_file: Path) -> dict:
                 if not QUESTION_ID.match(q) or "points" not in spec or "name" not in spec:
                     raise ValueError(f"{hidden_file.name}: question {q!r} needs an identifier id and "
                                      f"'points' and 'name'")
+                if not isinstance(spec.get("public", False), bool):
+                    raise ValueError(f"{hidden_file.name}: question {q!r} has 'public': "
+                                     f"{spec['public']!r}; write True (results shown at once) or leave it out")
             return questions
     raise ValueError(f"{hidden_file.name} defines no literal QUESTIONS dict")
 
@@ -160,9 +222,12 @@ def _error_result(message: str, started: float) -> dict:
             "tests": []}
 
 
-def grade_notebook(path, hidden_dir=None, limits: Limits | None = None) -> dict:
+def grade_notebook(path, hidden_dir=None, limits: Limits | None = None,
+                   visibility: str = HIDDEN_VISIBILITY) -> dict:
     """Grade one submitted notebook; returns Gradescope's results dict. Never raises for a bad
-    submission: what went wrong is in the results' ``output``."""
+    submission: what went wrong is in the results' ``output``. Each question's result carries
+    Gradescope's ``visibility``: ``visibility`` for hidden tests, 'visible' for public questions."""
+    check_visibility(visibility)
     started = time.monotonic()
     path, limits = Path(path), limits or Limits()
     hidden_dir = Path(hidden_dir or default_hidden_dir())
@@ -189,8 +254,8 @@ def grade_notebook(path, hidden_dir=None, limits: Limits | None = None) -> dict:
         results, log, seconds = _run_attempts(path, hidden, questions, limits, timed)
     except Exception as err:  # noqa: BLE001 - the grader itself must never crash on a submission
         results, log, seconds = {}, [f"internal grader error ({type(err).__name__}: {err}); nothing was graded"], {}
-    tests = [results.get(q) or _test(f"{q}: {spec['name']}", 0, spec["points"], "not graded")
-             for q, spec in questions.items()]
+    tests = [dict(results.get(q) or _test(f"{q}: {spec['name']}", 0, spec["points"], "not graded"),
+                  visibility=result_visibility(spec, visibility)) for q, spec in questions.items()]
     return {"score": round(sum(t["score"] for t in tests), 4),
             "execution_time": round(time.monotonic() - started, 1),
             "output": f"assignment {assignment}\n" + "\n".join(log), "tests": tests,
@@ -269,9 +334,9 @@ def _collect(events, remaining, questions, results: dict, cap: int) -> None:
 
 def _child_env(threads: int | None = None) -> dict:
     env = dict(os.environ)
-    if threads:  # the caller's own OMP_NUM_THREADS / MKL_NUM_THREADS win
-        env.setdefault("OMP_NUM_THREADS", str(threads))
-        env.setdefault("MKL_NUM_THREADS", str(threads))
+    threads = threads or usable_cpus()  # the caller's own OMP_NUM_THREADS / MKL_NUM_THREADS win
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    env.setdefault("MKL_NUM_THREADS", str(threads))
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["MPLBACKEND"] = "Agg"
     env["PYTHONUNBUFFERED"] = "1"
@@ -366,7 +431,8 @@ def _read_events(path: Path) -> list[dict]:
     return events
 
 
-def grade(submission, json_out=None, hidden_dir=None, limits: Limits | None = None, jobs: int = 1):
+def grade(submission, json_out=None, hidden_dir=None, limits: Limits | None = None, jobs: int = 1,
+          visibility: str = HIDDEN_VISIBILITY):
     """Grade a notebook, or every notebook in a directory, and write Gradescope JSON.
 
     A file: ``json_out`` is the results file (default ``results.json``); returns the results dict.
@@ -374,37 +440,40 @@ def grade(submission, json_out=None, hidden_dir=None, limits: Limits | None = No
     ``<name>.json`` per notebook (found recursively); returns {notebook path: results}. A directory
     holding exactly one notebook with ``json_out`` ending in ``.json`` writes that single file
     (Gradescope's layout). ``jobs``: notebooks of a directory graded at the same time.
+    ``visibility``: Gradescope's visibility of the hidden tests' results (:data:`VISIBILITIES`;
+    default after the due date); public questions' results are always visible.
     """
+    check_visibility(visibility)
     submission = Path(submission)
     if not submission.exists():
         raise FileNotFoundError(f"no such submission: {submission}")
     if submission.is_file():
-        return _grade_to(submission, Path(json_out or "results.json"), hidden_dir, limits)
+        return _grade_to(submission, Path(json_out or "results.json"), hidden_dir, limits, visibility)
     notebooks = sorted(p for p in submission.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
     if json_out is not None and str(json_out).endswith(".json") and len(notebooks) <= 1:
         if not notebooks:
             result = _error_result("no .ipynb file was submitted", time.monotonic())
             _write_json(Path(json_out), result)
             return result
-        return _grade_to(notebooks[0], Path(json_out), hidden_dir, limits)
+        return _grade_to(notebooks[0], Path(json_out), hidden_dir, limits, visibility)
     out_dir = Path(json_out or submission / "results")
     out_dir.mkdir(parents=True, exist_ok=True)
     from concurrent.futures import ThreadPoolExecutor
 
     limits = limits or Limits()
     if jobs > 1 and limits.threads is None:  # notebooks graded side by side share the cores
-        limits = dataclasses.replace(limits, threads=max(1, (os.cpu_count() or 1) // jobs))
+        limits = dataclasses.replace(limits, threads=max(1, usable_cpus() // jobs))
 
     def one(nb: Path) -> dict:
         stem = "__".join(nb.relative_to(submission).with_suffix("").parts)
-        return _grade_to(nb, out_dir / f"{stem}.json", hidden_dir, limits)
+        return _grade_to(nb, out_dir / f"{stem}.json", hidden_dir, limits, visibility)
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         return dict(zip(map(str, notebooks), pool.map(one, notebooks)))
 
 
-def _grade_to(path: Path, json_out: Path, hidden_dir, limits) -> dict:
-    result = grade_notebook(path, hidden_dir, limits)
+def _grade_to(path: Path, json_out: Path, hidden_dir, limits, visibility: str = HIDDEN_VISIBILITY) -> dict:
+    result = grade_notebook(path, hidden_dir, limits, visibility)
     _write_json(json_out, result)
     return result
 
