@@ -157,6 +157,11 @@ def release(out_dir, notebooks_dir=None, repo_root=None, repo: str | None = None
     masters = sorted(notebooks_dir.glob("*.ipynb"))
     if not masters:
         raise FileNotFoundError(f"no notebooks in {notebooks_dir}")
+    from ..checks.registry import registry_problems
+
+    problems = registry_problems(notebooks_dir)
+    if problems:  # else the student version's checks would fail only when a student runs them
+        raise ValueError("the checks registry does not match the notebooks:\n  " + "\n  ".join(problems))
     student, grader = out / "student", out / "autograder"
     for d in (student, grader):
         if d.exists():
