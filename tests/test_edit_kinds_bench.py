@@ -1,0 +1,56 @@
+"""benchmarks/edit_kinds.py: its prompts, its success rule on ground-truth renders, and a smoke run."""
+import json
+
+import numpy as np
+import pytest
+
+from p2p_lab import shapes
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _reading(bench, shape, color, bg, style=None, strength=0.0, spots=()):
+    spec = shapes.ShapeSpec(shape, color, "big", (16.0, 16.0), 7.0, style, strength)
+    img = shapes.render(shapes.Scene((spec,), bg, "spotted" if spots else None, spots))[0]
+    return bench.reading_of(img)
+
+
+def test_each_kind_edits_exactly_its_attribute(load_benchmark):
+    bench = load_benchmark("edit_kinds")
+    rng = np.random.default_rng(0)
+    for kind in bench.KINDS:
+        for _ in range(20):
+            source, target, changed = bench.make_pair(kind, rng)
+            a, b = shapes.parse_caption(source), shapes.parse_caption(target)
+            oa, ob = a["objects"][0], b["objects"][0]
+            differs = {k for k in ("shape", "color", "style") if oa[k] != ob[k]}
+            differs |= {"background"} if a["background"] != b["background"] else set()
+            assert differs == {changed}, (kind, source, target)
+            assert ob["color"] != b["background"]  # never an object on its own colour
+    with pytest.raises(ValueError, match="unknown edit kind .swap_size.; the kinds are"):
+        bench.make_pair("swap_size", rng)
+
+
+def test_success_needs_the_target_and_everything_else_kept(load_benchmark):
+    bench = load_benchmark("edit_kinds")
+    src = _reading(bench, "circle", "red", "blue")
+    shaded = _reading(bench, "circle", "red", "blue", "shaded", 0.8)
+    target = "a shaded red circle on a blue background"
+    assert bench.edit_success(src, shaded, target, "style")
+    assert not bench.edit_success(src, src, target, "style")  # nothing inserted
+    shaded_green = _reading(bench, "circle", "green", "blue", "shaded", 0.8)
+    assert not bench.edit_success(src, shaded_green, target, "style")  # the colour changed too
+    spotted = _reading(bench, "square", "red", "blue", spots=((3.0, 3.0, 2.0), (28.0, 28.0, 2.0), (3.0, 28.0, 2.0)))
+    assert not bench.edit_success(src, spotted, "a red square on a blue background", "shape")  # spots appeared
+    assert bench.edit_success(src, _reading(bench, "square", "red", "blue"), "a red square on a blue background", "shape")
+
+
+def test_smoke_run_prints_every_figure_as_json(load_benchmark, capsys):
+    bench = load_benchmark("edit_kinds")
+    out = bench.main(["--seeds", "1", "--threads", "1"])
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last == out
+    assert {"swap_colour", "swap_shape", "swap_background", "insert_content", "insert_style", "reweight",
+            "local_blend"} <= set(out)
+    assert out["reweight"]["scales"] == [-1.0, 0.0, 0.5, 1.0, 2.0, 4.0]
+    assert set(out["local_blend"]) >= {"outside_change_ratio"}
