@@ -5,7 +5,9 @@
 
 Measures, at the model's default steps and guidance (p2p_lab.model.sampling_defaults):
 * prompt following: every shape x colour x background combination, scored by the shapes-world
-  scorer (object colour, background colour, shape; the size word separately);
+  scorer (object colour, background colour, shape; the size word separately; on a model that
+  knows the appearance words, "shaded" objects and "spotted" backgrounds separately, and a
+  base-form prompt must also come out flat and plain);
 * seconds per image, batch 1, on this machine;
 * readable cross-attention: for the shape word and the colour word, the share of attention mass
   inside the object's mask divided by the mask's share of the image, at the finest latent
@@ -42,21 +44,38 @@ def generate(pipe, prompts, seeds, defaults, control=None):
                       latents=z, progress=False, control=control).numpy()
 
 
+def has_styles(pipe) -> bool:
+    """Does the model know the world's appearance words (a model trained on the styles world)?"""
+    vocab = pipe.tokenizer.get_vocab()
+    return all(f"{w}</w>" in vocab for w in shapes.OBJECT_STYLES + shapes.BACKGROUND_STYLES)
+
+
 def prompt_following(pipe, defaults, n_seeds, batch=42):
     combos = [(s, c, b) for s, c, b in itertools.product(shapes.SHAPES, shapes.COLORS, shapes.COLORS) if c != b]
     jobs = [(f"a {c} {s} on a {b} background", seed) for (s, c, b) in combos for seed in range(n_seeds)]
-    sized = [(f"a {z} {c} {s} on a {b} background", 1000 + i)
-             for i, ((s, c, b), z) in enumerate(zip(combos, itertools.cycle(shapes.SIZES)))]
-    scores, size_scores = [], []
-    for group, sink in ((jobs, scores), (sized, size_scores)):
+    extra = {"size_word": ([(f"a {z} {c} {s} on a {b} background", 1000 + i)
+                            for i, ((s, c, b), z) in enumerate(zip(combos, itertools.cycle(shapes.SIZES)))], "size")}
+    if has_styles(pipe):
+        extra["style_word"] = ([(f"a shaded {c} {s} on a {b} background", 2000 + i)
+                                for i, (s, c, b) in enumerate(combos)], "style")
+        extra["background_style_word"] = ([(f"a {c} {s} on a spotted {b} background", 3000 + i)
+                                           for i, (s, c, b) in enumerate(combos)], "background_style")
+    groups = [(jobs, [])] + [(g, []) for g, _ in extra.values()]
+    for group, sink in groups:
         for i in range(0, len(group), batch):
             prompts, seeds = zip(*group[i:i + batch])
             for img, p in zip(generate(pipe, prompts, seeds, defaults), prompts):
                 sink.append(shapes.score_caption(img, p))
     mean = lambda rows, k: float(np.mean([bool(r[k]) for r in rows]))  # noqa: E731
-    return {"n": len(scores), "color": mean(scores, "color"), "background": mean(scores, "background"),
-            "shape": mean(scores, "shape"), "all": mean(scores, "all"),
-            "size_word_n": len(size_scores), "size_word": mean(size_scores, "size")}
+    scores = groups[0][1]
+    out = {"n": len(scores), "color": mean(scores, "color"), "background": mean(scores, "background"),
+           "shape": mean(scores, "shape"), "all": mean(scores, "all")}
+    if has_styles(pipe):  # a base-form prompt asks for a flat object on a plain background
+        out["flat"], out["plain_background"] = mean(scores, "style"), mean(scores, "background_style")
+    for (name, (_, key)), (_, rows) in zip(extra.items(), groups[1:]):
+        out[f"{name}_n"], out[name] = len(rows), mean(rows, key)
+        out[f"{name}_all"] = mean(rows, "all")
+    return out
 
 
 def seconds_per_image(pipe, defaults, repeats=5):
@@ -70,7 +89,8 @@ def seconds_per_image(pipe, defaults, repeats=5):
 def attention_readability(pipe, defaults, n=60):
     """Mass-in-mask / area share for the shape and colour words at the finest latent resolution."""
     rng = np.random.default_rng(0)
-    scenes = [shapes.sample_scene(rng) for _ in range(n)]
+    styles = has_styles(pipe)
+    scenes = [shapes.sample_scene(rng, p_style=0.5 if styles else 0.0) for _ in range(n)]
     prompts = [shapes.caption(s) for s in scenes]
     capture = AttentionCapture(default_latent_hw(pipe))  # the loop sets n_uncond: conditional rows kept
     images = generate(pipe, prompts, range(n), defaults, control=capture)
@@ -78,7 +98,7 @@ def attention_readability(pipe, defaults, n=60):
     fine = [p for g, p in capture.maps if g == grid]  # conditional rows, finest layers, every step
     maps = torch.stack(fine).mean(0)  # (n, rows * cols, tokens), averaged over layers and steps
     length = pipe.tokenizer.model_max_length
-    ratios = {"shape": [], "color": []}
+    ratios = {"shape": [], "color": [], "style": []}
     for i, (img, prompt) in enumerate(zip(images, prompts)):
         reading = shapes.read_image(img)
         if len(reading.objects) != 1:
@@ -88,12 +108,16 @@ def attention_readability(pipe, defaults, n=60):
         words = prompt.split()
         groups = word_groups(pipe.tokenizer, words, length)
         share = mask.mean().item()
-        for key, word in (("color", words[1]), ("shape", words[2])):
+        obj = scenes[i].objects[0]
+        for key, word in (("color", obj.color), ("shape", obj.shape), ("style", obj.style)):
+            if word is None:
+                continue
             m = maps[i][:, groups[words.index(word)]].sum(-1)  # (rows * cols,)
             ratios[key].append(((m * mask).sum() / m.sum()).item() / share)
     return {"resolution": max(grid), "n_scored": len(ratios["shape"]),
             "shape_word_ratio": float(np.mean(ratios["shape"])),
-            "color_word_ratio": float(np.mean(ratios["color"]))}
+            "color_word_ratio": float(np.mean(ratios["color"])),
+            "style_word_ratio": float(np.mean(ratios["style"])) if ratios["style"] else None}
 
 
 @torch.no_grad()
@@ -102,7 +126,8 @@ def autoencoder(pipe, n=1000):
     from p2p_lab.train import images_to_tensor
 
     rng = np.random.default_rng(987654)  # not the training scenes' seed
-    scenes = [shapes.sample_scene(rng) for _ in range(n)]
+    p = (0.4, 0.35) if has_styles(pipe) else (0.0, 0.0)  # the world the model was trained on
+    scenes = [shapes.sample_scene(rng, p_style=p[0], p_background_style=p[1]) for _ in range(n)]
     x = images_to_tensor(np.stack([shapes.render(s)[0] for s in scenes]))
     vae = pipe.vae
     rec = torch.cat([vae.decode(vae.encode(x[i:i + 200]).latent_dist.mean).sample.clamp(-1, 1)
