@@ -39,7 +39,7 @@ SD_MODELS = (
 # Ids that once worked and are gone (matched without regard to case): asking for one is an error
 # that names its replacement and SD_MODELS.
 REMOVED_MODELS = {
-    "runwayml/stable-diffusion-v1-5": "deleted from the Hugging Face Hub by its owner in 2024; its copy is "
+    "runwayml/stable-diffusion-v1-5": "deleted from the Hugging Face Hub; its copy is "
                                       "stable-diffusion-v1-5/stable-diffusion-v1-5",
     **{f"stabilityai/{name}": "Stable Diffusion 2.x was withdrawn from the Hugging Face Hub in November 2025 "
                               "(and its 1024-wide OpenCLIP text encoder is not SD v1's, which the notebooks serve)"
