@@ -191,6 +191,25 @@ def forward_chain(x_0: Tensor, t: int, sched: Schedule, generator: torch.Generat
     return x
 
 
+def add_noise(x_0: Tensor, eps: Tensor, abar: Tensor) -> Tensor:
+    """Property 1 at a given abar_t: ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` (abar broadcasts).
+
+    The one place the forward-noising formula is written: :func:`q_sample`, the latent
+    training loss (:func:`p2p_lab.finetune.diffusion_loss`) and the DDIM steps of
+    :mod:`p2p_lab.ldm` (which re-noise their x_0 guess) call it.
+    """
+    return abar.sqrt() * x_0 + (1 - abar).sqrt() * eps
+
+
+def x0_from_noise(x_t: Tensor, eps: Tensor, abar: Tensor) -> Tensor:
+    """Property 1 solved for x_0 at a given abar_t: ``x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``.
+
+    The one place it is written: :func:`x0_from_eps`, :func:`p2p_lab.ldm.predict_x0` and the
+    DDIM steps (forwards and backwards) call it.
+    """
+    return (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
+
+
 def q_sample(x_0: Tensor, t: int | Tensor, eps: Tensor, sched: Schedule) -> Tensor:
     """Property 1, closed form: x_t ~ q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I).
 
@@ -199,8 +218,7 @@ def q_sample(x_0: Tensor, t: int | Tensor, eps: Tensor, sched: Schedule) -> Tens
     """
     _check_t(t, sched, lowest=0)
     _same_shape("x_0", x_0, "eps", eps)
-    abar_t = gather(sched.abar, t, x_0)
-    return abar_t.sqrt() * x_0 + (1 - abar_t).sqrt() * eps
+    return add_noise(x_0, eps, gather(sched.abar, t, x_0))
 
 
 # ---------------------------------------------------------------- the posterior and the reverse step
@@ -238,8 +256,7 @@ def x0_from_eps(x_t: Tensor, t: int | Tensor, eps: Tensor, sched: Schedule) -> T
     """
     _check_t(t, sched)
     _same_shape("x_t", x_t, "eps", eps)
-    abar_t = gather(sched.abar, t, x_t)
-    return (x_t - (1 - abar_t).sqrt() * eps) / abar_t.sqrt()
+    return x0_from_noise(x_t, eps, gather(sched.abar, t, x_t))
 
 
 def mean_from_eps(x_t: Tensor, t: int | Tensor, eps: Tensor, sched: Schedule) -> Tensor:

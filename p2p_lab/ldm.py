@@ -23,6 +23,9 @@ import operator
 import numpy as np
 import torch
 
+from .ddpm import add_noise, x0_from_noise
+from .unet_attention import attention_layers  # noqa: F401  (notebook 04: the UNet's attention layers)
+
 __all__ = [
     "pipe_device", "pipe_dtype", "with_scheduler",
     "tokenize", "encode_text", "PromptEmbeddings", "encode_prompt",
@@ -31,9 +34,7 @@ __all__ = [
     "latent_shape", "initial_latents", "SampleOutput", "progress_bar", "denoise", "sample",
     "fresh_scheduler",
     "decode", "encode", "image_to_tensor", "to_numpy",
-    "attention_layers", "LatentCost", "latent_cost", "seconds_per_image",
-    "diffusion_loss", "TrainLog", "trainable_parameters", "train_briefly", "weights_fingerprint",
-    "BaselineStats", "fixed_seed", "fixed_seed_baseline",
+    "attention_layers", "LatentCost", "latent_cost", "seconds_per_image", "prompt_list",
 ]
 
 Tensor = torch.Tensor
@@ -91,12 +92,18 @@ def fresh_scheduler(pipe, num_inference_steps: int):
 
 # ---------------------------------------------------------------- the prompt model
 
-def _as_list(prompt, what: str = "prompt") -> list[str]:
-    if isinstance(prompt, str):
-        return [prompt]
-    if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
-        return list(prompt)
-    raise TypeError(f"{what} must be a string or a non-empty list of strings, got {prompt!r}")
+def prompt_list(prompt, what: str = "prompt", nonempty: bool = False) -> list[str]:
+    """A prompt or a list of prompts -> a list of strings; TypeError otherwise. ``nonempty``: an
+    empty (or blank) prompt is a ValueError too (the edit's targets; the empty prompt "" is
+    otherwise the unconditional one)."""
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not (isinstance(prompts, (list, tuple)) and prompts and all(isinstance(p, str) for p in prompts)):
+        raise TypeError(f"{what} must be a string or a non-empty list of strings, got {prompt!r}")
+    blank = [p for p in prompts if not p.strip()]
+    if nonempty and blank:
+        raise ValueError(f"{what} holds the empty prompt {blank[0]!r}; give it some words "
+                         f"(the empty prompt is the unconditional one)")
+    return list(prompts)
 
 
 def tokenize(tokenizer, prompt) -> Tensor:
@@ -106,7 +113,7 @@ def tokenize(tokenizer, prompt) -> Tensor:
     with the end token) up to L (16 for the shipped model, 77 for Stable Diffusion). A prompt
     longer than L raises ValueError instead of being cut silently.
     """
-    prompts = _as_list(prompt)
+    prompts = prompt_list(prompt)
     L = tokenizer.model_max_length
     for p in prompts:
         n = len(tokenizer(p).input_ids)  # start + words + end
@@ -143,7 +150,7 @@ class PromptEmbeddings:
 
 def encode_prompt(pipe, prompt, negative_prompt: str = "") -> PromptEmbeddings:
     """Embeddings of the prompt(s) and of the unconditional prompt ``""`` (one per prompt)."""
-    prompts = _as_list(prompt)
+    prompts = prompt_list(prompt)
     if not isinstance(negative_prompt, str):
         raise TypeError(f"negative_prompt must be a string (used for every prompt), got {negative_prompt!r}")
     cond = encode_text(pipe, prompts)  # (batch, L, D)
@@ -173,8 +180,7 @@ def predict_x0(scheduler, z_t: Tensor, eps: Tensor, t) -> Tensor:
     whose samples are ``z_t`` itself (``init_noise_sigma == 1``).
     """
     abar_t = scheduler.alphas_cumprod[int(t)].to(device=z_t.device, dtype=torch.float32)
-    z0 = (z_t.float() - (1 - abar_t).sqrt() * eps.float()) / abar_t.sqrt()
-    return z0.to(z_t.dtype)
+    return x0_from_noise(z_t.float(), eps.float(), abar_t).to(z_t.dtype)
 
 
 def abar_pair(scheduler, t) -> tuple[Tensor, Tensor]:
@@ -195,8 +201,8 @@ def ddim_step(scheduler, z_t: Tensor, eps: Tensor, t) -> Tensor:
     Equal to ``DDIMScheduler.step(eps, t, z_t, eta=0).prev_sample``. Shapes: (b, C, h, w).
     """
     abar_t, abar_prev = (a.to(z_t.device, torch.float32) for a in abar_pair(scheduler, t))
-    z0 = (z_t.float() - (1 - abar_t).sqrt() * eps.float()) / abar_t.sqrt()
-    return (abar_prev.sqrt() * z0 + (1 - abar_prev).sqrt() * eps.float()).to(z_t.dtype)
+    z0 = x0_from_noise(z_t.float(), eps.float(), abar_t)
+    return add_noise(z0, eps.float(), abar_prev).to(z_t.dtype)
 
 
 def ddim_inverse_step(scheduler, z_prev: Tensor, eps: Tensor, t) -> Tensor:
@@ -209,8 +215,8 @@ def ddim_inverse_step(scheduler, z_prev: Tensor, eps: Tensor, t) -> Tensor:
     which holds only in the limit of small steps. ``ddim_step`` undoes it exactly for the same eps.
     """
     abar_t, abar_prev = (a.to(z_prev.device, torch.float32) for a in abar_pair(scheduler, t))
-    z0 = (z_prev.float() - (1 - abar_prev).sqrt() * eps.float()) / abar_prev.sqrt()
-    return (abar_t.sqrt() * z0 + (1 - abar_t).sqrt() * eps.float()).to(z_prev.dtype)
+    z0 = x0_from_noise(z_prev.float(), eps.float(), abar_prev)
+    return add_noise(z0, eps.float(), abar_t).to(z_prev.dtype)
 
 
 def _step_kwargs(scheduler, generator, eta: float) -> dict:
@@ -395,7 +401,7 @@ def sample(pipe, prompt, seed=0, num_inference_steps: int = 50, guidance_scale: 
     off for the shipped model). ``control``: an attention control installed for the loop (a
     recorder in notebook 02, see :mod:`p2p_lab.unet_attention`).
     """
-    prompts = _as_list(prompt)
+    prompts = prompt_list(prompt)
     emb = encode_prompt(pipe, prompts, negative_prompt)
     scheduler = fresh_scheduler(pipe, num_inference_steps)
     g = _generator(seed)
@@ -484,16 +490,6 @@ def to_numpy(images: Tensor) -> np.ndarray:
     return images.detach().float().cpu().permute(0, 2, 3, 1).numpy()
 
 
-# ---------------------------------------------------------------- the UNet's attention layers
-
-def attention_layers(pipe, height: int | None = None, width: int | None = None):
-    """Every attention layer of the UNet (:class:`p2p_lab.unet_attention.LayerInfo`: name, kind,
-    query grid, heads, keys) at an image of ``height`` x ``width`` pixels (default: the model's size)."""
-    from .unet_attention import attention_layers as layers_at
-
-    return layers_at(pipe, latent_shape(pipe, 1, height, width)[-2:])
-
-
 # ---------------------------------------------------------------- why latent space
 
 @dataclasses.dataclass
@@ -533,200 +529,17 @@ def seconds_per_image(pipe, num_inference_steps: int, prompt: str = "a red circl
     return time.perf_counter() - start
 
 
-# ---------------------------------------------------------------- Algorithm 1 on latents
+# ---------------------------------------------------------------- moved elsewhere
 
-def diffusion_loss(pipe, images: Tensor, captions: list[str], generator: torch.Generator | None = None) -> Tensor:
-    """Algorithm 1 on latents: ``|| eps - eps_theta(sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps, t, c) ||^2``.
-
-    z_0 comes from the frozen encoder; t ~ U{0..T-1}, eps ~ N(0, I). The text encoder runs with
-    gradients, so the loss trains it together with the UNet ("learned jointly").
-    """
-    unet, text_encoder = pipe.unet, pipe.text_encoder
-    device = pipe_device(pipe)
-    z0 = encode(pipe, images).to(pipe_dtype(pipe))  # (b, C, h, w), no gradient: the autoencoder is frozen
-    T = pipe.scheduler.config.num_train_timesteps
-    t = torch.randint(0, T, (z0.shape[0],), generator=generator).to(device)  # (b,)
-    eps = torch.randn(z0.shape, generator=generator).to(device, z0.dtype)  # (b, C, h, w)
-    abar = pipe.scheduler.alphas_cumprod.to(device)[t].view(-1, 1, 1, 1).to(z0.dtype)  # (b, 1, 1, 1)
-    z_t = abar.sqrt() * z0 + (1 - abar).sqrt() * eps  # Property 1 with sqrt(1 - abar_t)
-    ids = tokenize(pipe.tokenizer, captions).to(device)  # (b, L)
-    cond = text_encoder(ids)[0]  # (b, L, D), with gradients
-    eps_pred = unet(z_t, t, encoder_hidden_states=cond).sample  # (b, C, h, w)
-    return torch.nn.functional.mse_loss(eps_pred.float(), eps.float())
+# Notebook 04 still calls these as ldm.<name> (cells 43, 44: train_briefly, weights_fingerprint;
+# cell 46: fixed_seed_baseline); they live in p2p_lab.finetune and p2p_lab.baseline now.
+_MOVED = {"train_briefly": "finetune", "weights_fingerprint": "finetune", "fixed_seed_baseline": "baseline"}
 
 
-@dataclasses.dataclass
-class TrainLog:
-    losses: list[float]
-    unet_change: float  # relative change of the UNet's trained weights
-    text_change: float  # relative change of the text encoder's trained weights
-    trained: list[str]  # names of the trained parameters ("unet." / "text_encoder." + name)
+def __getattr__(name: str):
+    """A name that moved out of ldm (``_MOVED``), found in its new module."""
+    if name in _MOVED:
+        import importlib
 
-
-def trainable_parameters(pipe, which: str = "all") -> dict[str, torch.nn.Parameter]:
-    """The parameters a training demo updates, by name (``"unet."`` / ``"text_encoder."`` + name).
-
-    ``which="all"``: every parameter of the UNet and the text encoder (the shipped model: 1.5 M).
-    ``which="cross-attention"``: only what the prompt passes through on its way into the image: the
-    UNet's cross-attention keys and values (``attn2.to_k``, ``attn2.to_v``) and the text encoder's
-    last layer and final norm (Stable Diffusion: about 6 % of its weights, so a demo fits a T4).
-    """
-    if which not in ("all", "cross-attention"):
-        raise ValueError(f"which must be 'all' or 'cross-attention', got {which!r}")
-    n_text = pipe.text_encoder.config.num_hidden_layers
-    last = (f"encoder.layers.{n_text - 1}.", "final_layer_norm.")  # transformers 4 adds "text_model."
-    out = {}
-    for part, module in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder)):
-        for name, p in module.named_parameters():
-            keep = which == "all" or (".attn2.to_k." in name or ".attn2.to_v." in name
-                                      if part == "unet" else name.removeprefix("text_model.").startswith(last))
-            if keep:
-                out[f"{part}.{name}"] = p
-    return out
-
-
-def _rel_change(before: dict, params: dict, part: str) -> float:
-    names = [n for n in before if n.startswith(part + ".")]
-    num = sum(((params[n].detach().float() - before[n].float()) ** 2).sum() for n in names)
-    den = sum((before[n].float() ** 2).sum() for n in names)
-    return float((num / den).sqrt()) if names else 0.0
-
-
-@contextlib.contextmanager
-def _training(pipe, params: dict):
-    """For the ``with`` block: only ``params`` train, as float32 copies; afterwards every one of
-    the pipeline's own tensors and gradient flags is put back exactly, even on error."""
-    saved = {n: p.data for n, p in params.items()}  # the pipeline's own tensors, put back below
-    modules = (pipe.unet, pipe.text_encoder)
-    flags = {id(p): p.requires_grad for m in modules for p in m.parameters()}
-    try:
-        for m in modules:
-            m.requires_grad_(False)
-        for p in params.values():
-            p.data = p.data.float().clone()  # float32 copies of the trained weights only
-            p.requires_grad_(True)
-        yield saved
-    finally:
-        for n, p in params.items():
-            p.grad, p.data = None, saved[n]
-        for m in modules:
-            for p in m.parameters():
-                p.requires_grad_(flags[id(p)])
-
-
-def train_briefly(pipe, images: Tensor, captions: list[str], steps: int = 5, lr: float = 1e-4,
-                  seed: int = 0, which: str = "all", optimizer=torch.optim.Adam) -> TrainLog:
-    """A few optimizer steps of :func:`diffusion_loss`, then every trained weight put back.
-
-    One optimizer updates the UNet's and the text encoder's parameters of
-    :func:`trainable_parameters` (``which``): the gradient of the denoising loss reaches the text
-    encoder through the cross-attention keys and values. The trained weights are float32 during
-    training (under autocast where the pipeline is float16 or bfloat16) and the pipeline's own
-    weights are restored exactly afterwards, even on error; only the trained ones are copied, so a
-    demo on Stable Diffusion fits a Colab T4 (``which="cross-attention"``, a small batch).
-    """
-    params = trainable_parameters(pipe, which)
-    dtype, device = pipe_dtype(pipe), pipe_device(pipe)
-    with _training(pipe, params) as saved:
-        opt = optimizer(list(params.values()), lr=lr)
-        g = torch.Generator().manual_seed(seed)
-        losses = []
-        for _ in range(steps):
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype in (torch.float16, torch.bfloat16)):
-                loss = diffusion_loss(pipe, images, captions, g)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        return TrainLog(losses, _rel_change(saved, params, "unet"),
-                        _rel_change(saved, params, "text_encoder"), list(params))
-
-
-def weights_fingerprint(module: torch.nn.Module) -> tuple[float, ...]:
-    """Per-tensor sums and sums of squares (float64) of a module's weights: equal fingerprints mean
-    unchanged weights, checked without copying them (Stable Diffusion's UNet is 1.7 GB in fp16)."""
-    out = []
-    for t in module.state_dict().values():
-        t = t.detach().double()
-        out += [float(t.sum()), float((t * t).sum())]
-    return tuple(out)
-
-
-# ---------------------------------------------------------------- the fixed-seed baseline
-
-@dataclasses.dataclass
-class BaselineStats:
-    """Same seed, one word changed: what else changed, per seed."""
-
-    seeds: list[int]
-    shift: list[float]  # object centroid shift in pixels (nan where an object was not found)
-    background_changed: list[bool]
-    found: list[bool]  # an object was read in both images
-    threshold: float  # pixels of shift that count as "moved"
-    source_images: np.ndarray | None = dataclasses.field(default=None, repr=False)  # (n, H, W, 3)
-    target_images: np.ndarray | None = dataclasses.field(default=None, repr=False)  # (n, H, W, 3)
-
-    @property
-    def moved_fraction(self) -> float:
-        """Fraction of seeds (with an object read in both images) whose object moved > threshold."""
-        moved = [s > self.threshold for s, f in zip(self.shift, self.found) if f]
-        return float(np.mean(moved)) if moved else float("nan")
-
-    @property
-    def background_fraction(self) -> float:
-        return float(np.mean(self.background_changed))
-
-
-def fixed_seed(pipe, source: str, targets=(), seed: int = 0, num_inference_steps: int | None = None,
-               guidance_scale: float | None = None, progress: bool | None = None) -> np.ndarray:
-    """The baseline for editing (notebook 04): ``source`` and every target sampled from the same z_T
-    (one draw from ``seed``), nothing else shared. Images (1 + T, H, W, 3) float32 in [0, 1].
-
-    Unset steps and guidance are the model's (:func:`p2p_lab.model.sampling_defaults`), as for
-    :func:`p2p_lab.p2p.edit`, so the two are compared at equal settings.
-    """
-    from .model import sampling_defaults
-
-    default = sampling_defaults(pipe)
-    steps = num_inference_steps or default.num_inference_steps
-    w = default.guidance_scale if guidance_scale is None else guidance_scale
-    prompts = [source, *(_as_list(targets, "targets") if targets else [])]
-    z = initial_latents(pipe, seed, 1, scheduler=fresh_scheduler(pipe, steps)).repeat(len(prompts), 1, 1, 1)
-    return sample(pipe, prompts, None, steps, w, latents=z, progress=progress).numpy()
-
-
-def _images_for_seeds(pipe, prompt: str, seeds: list[int], steps: int, w: float, batch: int) -> np.ndarray:
-    out = []
-    for i in range(0, len(seeds), batch):
-        chunk = seeds[i:i + batch]
-        z = torch.cat([initial_latents(pipe, s) for s in chunk])  # (n, C, h, w), one z_T per seed
-        out.append(sample(pipe, [prompt] * len(chunk), None, steps, w, latents=z,
-                          progress=False).numpy())
-    return np.concatenate(out)  # (n, H, W, 3)
-
-
-def fixed_seed_baseline(pipe, source: str, target: str, seeds, num_inference_steps: int = 20,
-                        guidance_scale: float = 7.5, threshold: float = 2.0,
-                        batch_size: int = 10, score: bool = True) -> BaselineStats:
-    """Sample ``source`` and ``target`` from the same z_T per seed and read both images back.
-
-    Each seed's z_T is the one ``pipe(generator=torch.Generator("cpu").manual_seed(seed))`` uses.
-    Uses the shapes-world scorer (:func:`p2p_lab.shapes.read_image`), so the numbers mean
-    something for the shipped model only: the centroid shift of the largest object, and whether
-    the background colour changed. ``score=False`` (Stable Diffusion) keeps the images only; the
-    numbers are then nan / False.
-    """
-    from .metrics import centroid_shift
-    from .shapes import read_image
-
-    seeds = [int(s) for s in seeds]
-    src, tgt = (_images_for_seeds(pipe, p, seeds, num_inference_steps, guidance_scale, batch_size)
-                for p in (source, target))
-    shift, bg, found = [], [], []
-    for a, b in zip(src, tgt):
-        ra, rb = (read_image(a), read_image(b)) if score else (None, None)
-        ok = bool(score and ra.objects and rb.objects)
-        found.append(ok)
-        shift.append(centroid_shift(ra, rb) if ok else float("nan"))
-        bg.append(bool(score and ra.background != rb.background))
-    return BaselineStats(seeds, shift, bg, found, threshold, src, tgt)
+        return getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

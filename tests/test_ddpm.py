@@ -256,3 +256,19 @@ def test_shapes_that_do_not_match_are_refused(sched):
 def test_a_schedule_is_required(sched):
     with pytest.raises(TypeError, match="Schedule"):
         ddpm.q_sample(torch.randn(2), 5, torch.randn(2), sched.abar)
+
+
+def test_the_two_formulas_written_once_match_diffusers():
+    """add_noise is DDPMScheduler.add_noise at a batch of timesteps; x0_from_noise undoes it, and
+    is DDPMScheduler.step's pred_original_sample (epsilon prediction, no clipping)."""
+    hf = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(3, 4, 5, 5, generator=g), torch.randn(3, 4, 5, 5, generator=g)
+    k = torch.tensor([0, 499, 999])  # diffusers' timesteps
+    abar = hf.alphas_cumprod[k].view(-1, 1, 1, 1)  # (3, 1, 1, 1)
+    x_t = ddpm.add_noise(x0, eps, abar)
+    assert torch.allclose(x_t, hf.add_noise(x0, eps, k), atol=1e-6)
+    assert torch.allclose(ddpm.x0_from_noise(x_t, eps, abar), x0, atol=1e-4)
+    hf.set_timesteps(1000)
+    pred = hf.step(eps[1:2], 499, x_t[1:2]).pred_original_sample
+    assert torch.allclose(ddpm.x0_from_noise(x_t[1:2], eps[1:2], abar[1:2]), pred, atol=1e-5)

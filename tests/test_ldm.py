@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from p2p_lab import ldm
+from p2p_lab import baseline, finetune, ldm
 
 PROMPT = "a red circle on a blue background"
 
@@ -213,42 +213,42 @@ def test_train_briefly_trains_both_parts_and_restores_every_weight(shipped_pipe,
     import numpy as np
 
     before = {k: copy.deepcopy(m.state_dict()) for k, m in (("u", shipped_pipe.unet), ("t", shipped_pipe.text_encoder))}
-    print_before = ldm.weights_fingerprint(shipped_pipe.unet)
-    log = ldm.train_briefly(shipped_pipe, *_train_batch(), steps=2, which=which)
+    print_before = finetune.weights_fingerprint(shipped_pipe.unet)
+    log = finetune.train_briefly(shipped_pipe, *_train_batch(), steps=2, which=which)
     assert len(log.losses) == 2 and all(np.isfinite(log.losses))
     assert log.text_change > 0 and log.unet_change > 0  # the text encoder is trained too
     for key, m in (("u", shipped_pipe.unet), ("t", shipped_pipe.text_encoder)):
         after = m.state_dict()
         assert all(torch.equal(before[key][k], after[k]) and before[key][k].dtype == after[k].dtype for k in after)
         assert not any(p.requires_grad and p.grad is not None for p in m.parameters())
-    assert ldm.weights_fingerprint(shipped_pipe.unet) == print_before
+    assert finetune.weights_fingerprint(shipped_pipe.unet) == print_before
     if which == "cross-attention":
         assert log.trained and all(".attn2.to_k." in n or ".attn2.to_v." in n or n.startswith("text_encoder.")
                                    for n in log.trained)
-        assert len(log.trained) < len(ldm.trainable_parameters(shipped_pipe, "all"))
+        assert len(log.trained) < len(finetune.trainable_parameters(shipped_pipe, "all"))
 
 
 def test_train_briefly_in_low_precision_keeps_the_pipeline_dtype(sd_like_pipe):
     pipe = copy.deepcopy(sd_like_pipe)
     pipe.unet.to(torch.bfloat16), pipe.text_encoder.to(torch.bfloat16), pipe.vae.to(torch.bfloat16)
     before = copy.deepcopy(pipe.unet.state_dict())
-    log = ldm.train_briefly(pipe, *_train_batch(size=128, n=1), steps=2, which="cross-attention")
+    log = finetune.train_briefly(pipe, *_train_batch(size=128, n=1), steps=2, which="cross-attention")
     assert log.text_change > 0 and log.unet_change > 0
     assert all(torch.equal(before[k], v) and v.dtype == torch.bfloat16 for k, v in pipe.unet.state_dict().items())
     with pytest.raises(ValueError, match="'all' or 'cross-attention'"):
-        ldm.trainable_parameters(pipe, "attention")
+        finetune.trainable_parameters(pipe, "attention")
 
 
 def test_fingerprint_sees_a_changed_weight(sd_like_pipe):
     unet = copy.deepcopy(sd_like_pipe.unet)
-    before = ldm.weights_fingerprint(unet)
+    before = finetune.weights_fingerprint(unet)
     with torch.no_grad():
         next(unet.parameters())[0].flatten()[0] += 1e-3
-    assert ldm.weights_fingerprint(unet) != before
+    assert finetune.weights_fingerprint(unet) != before
 
 
 def test_fixed_seed_baseline_same_prompt_changes_nothing(shipped_pipe):
-    stats = ldm.fixed_seed_baseline(shipped_pipe, PROMPT, PROMPT, seeds=[0, 1],
+    stats = baseline.fixed_seed_baseline(shipped_pipe, PROMPT, PROMPT, seeds=[0, 1],
                                     num_inference_steps=3)
     assert stats.seeds == [0, 1] and len(stats.shift) == 2
     assert not any(stats.background_changed)

@@ -90,11 +90,6 @@ def n_content_tokens(tokenizer, text: str) -> int:
     return len(tokens_of(tokenizer, text).ids)
 
 
-def check_length(tokenizer, prompt: str) -> None:
-    """Raise if ``prompt`` does not fit the tokenizer's padded length (start + end included)."""
-    tokens_of(tokenizer, prompt)
-
-
 def words_of(tokenizer, prompt: str) -> list[Word]:
     """The prompt's words (split on spaces) with the positions of their tokens (1 = first word)."""
     return list(tokens_of(tokenizer, prompt).words)

@@ -156,8 +156,3 @@ def make_room(cache: SourceCache, reserve: int = 0, budget: int | None = None) -
         c.evictions += 1
         emptied.append(c)
     return emptied
-
-
-def live_nbytes() -> int:
-    """What the live caches hold together (as of the last edit that used each)."""
-    return sum(c.held for c in list(_LIVE))

@@ -1,5 +1,5 @@
 """Prompt-to-Prompt's runs on the course's one denoising loop (:func:`p2p_lab.ldm.denoise`), and
-mask-based editing, the baseline that needs a mask (the fixed seed is :func:`p2p_lab.ldm.fixed_seed`).
+mask-based editing, the baseline that needs a mask (the fixed seed is :func:`p2p_lab.baseline.fixed_seed`).
 
 Taught in notebooks 04 and 05. All prompts of a run start from the same z_T (one draw from the
 seed, :func:`p2p_lab.ldm.initial_latents`, repeated). With guidance scale w != 1 each step runs
@@ -79,11 +79,9 @@ def images(pipe, z0: torch.Tensor) -> np.ndarray:
     return ldm.to_numpy(ldm.decode(pipe, z0))
 
 
-def _prompt_list(prompts) -> list[str]:
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    if not prompts or not all(isinstance(p, str) for p in prompts):
-        raise TypeError(f"prompts must be a string or a non-empty list of strings, got {prompts!r}")
-    return prompts
+def prompt_list(prompts, what: str = "prompts") -> list[str]:
+    """A prompt or a list of them -> a list of non-empty strings (TypeError / ValueError naming the fix)."""
+    return ldm.prompt_list(prompts, what, nonempty=True)
 
 
 @strict_options
@@ -97,7 +95,7 @@ def record_maps(pipe, prompts, store, *, seed: int = 0, num_inference_steps: int
     """
     from .controls import StoreControl
 
-    prompts = _prompt_list(prompts)
+    prompts = prompt_list(prompts)
     run = resolve_run(pipe, seed, num_inference_steps, guidance_scale, progress)
     return images(pipe, run_loop(pipe, prompts, run, StoreControl(store, run.latent_hw), latents=latents))
 

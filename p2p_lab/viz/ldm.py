@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 __all__ = ["plot_latent_channels", "plot_reconstruction", "plot_image_grid", "plot_x0_over_steps",
-           "plot_guidance_sweep", "plot_step_times", "plot_losses"]
+           "plot_guidance_sweep", "plot_step_times"]
 
 
 def _np_images(images) -> np.ndarray:
@@ -128,17 +128,5 @@ def plot_step_times(rows: list[dict]):
     ax.set_ylabel("seconds per image")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
-def plot_losses(losses: list[float], title: str = "Algorithm 1 on latents"):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 2.6))
-    ax.plot(range(1, len(losses) + 1), losses, "o-")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("loss ||eps - eps_theta||^2")
-    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig

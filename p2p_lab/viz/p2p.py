@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["token_labels", "plot_images", "plot_edit_row", "plot_token_maps", "plot_mapper", "plot_prompt_mapper",
+__all__ = ["token_labels", "plot_images", "plot_token_maps", "plot_mapper", "plot_prompt_mapper",
            "plot_alpha", "plot_tau_sweep", "plot_edit_view", "plot_curve", "plot_panels", "figure_to_png",
            "figure_to_html"]
 
@@ -76,15 +76,6 @@ def plot_images(images: Sequence, titles: Sequence[str] | None = None, suptitle:
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     return fig
-
-
-def plot_edit_row(source, fixed, edited, source_prompt: str = "", target_prompt: str = "",
-                  suptitle: str | None = None, notes: Sequence[str] = ("", "", "")) -> Figure:
-    """source | fixed-seed baseline | Prompt-to-Prompt edit, side by side."""
-    titles = [f"source\n{source_prompt}", f"fixed seed\n{target_prompt}",
-              f"Prompt-to-Prompt\n{target_prompt}"]
-    titles = [t + (f"\n{n}" if n else "") for t, n in zip(titles, notes)]
-    return plot_images([source, fixed, edited], titles, suptitle, size=2.4)
 
 
 def plot_mapper(M, source_labels: Sequence[str], target_labels: Sequence[str],
