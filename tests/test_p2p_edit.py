@@ -434,6 +434,52 @@ def test_misuse_errors(shipped_pipe):
         edit(fake, S, T1)
 
 
+def test_the_engine_refuses_what_it_would_ignore(shipped_pipe):
+    """Options an edit would not read, and targets that are no prompts, are errors naming the fix
+    (issue 23); all raised before any sampling."""
+    insert = "a big red circle on a blue background"  # 8 words against the source's 7: refine
+    with pytest.raises(ValueError, match=r"mapper='average' has no effect on a refine edit \(.* has 7 words, "
+                                         r".* has 8.*drop mapper="):
+        edit(shipped_pipe, S, insert, mapper="average", **FAST)
+    with pytest.raises(ValueError, match="mapper='copy' has no effect on a refine edit"):
+        edit(shipped_pipe, S, T1, mode="refine", mapper="copy", **FAST)  # refine asked: no mapper either
+    for bad in (5, [T1, 3], None, [], (T1, b"x")):
+        with pytest.raises(TypeError, match="targets must be a string or a non-empty list of strings"):
+            edit(shipped_pipe, S, bad, **FAST)
+    for bad in ("", [T1, "   "]):
+        with pytest.raises(ValueError, match="targets holds the empty prompt .*give it some words"):
+            edit(shipped_pipe, S, bad, **FAST)
+    for bad in ("", 3):
+        with pytest.raises(ValueError, match="source must be a non-empty prompt string"):
+            edit(shipped_pipe, bad, T1, **FAST)
+
+
+def test_options_record_is_the_keywords(shipped_pipe):
+    """``options=EditOptions(...)`` is the same edit as the keywords; keywords replace its fields;
+    it is frozen and keeps its own copy of a dict; an unknown keyword names every valid one."""
+    import dataclasses
+
+    from p2p_lab.p2p import EditOptions
+
+    tau = {"default_": 0.6, "green": 0.2}
+    opts = EditOptions(cross_tau=tau, self_tau=0.2, **FAST)
+    tau["green"] = 1.0  # the record keeps what it was given
+    assert opts.cross_tau == {"default_": 0.6, "green": 0.2}
+    by_kw = edit(shipped_pipe, S, T1, cross_tau={"default_": 0.6, "green": 0.2}, self_tau=0.2, **FAST).images
+    assert close(edit(shipped_pipe, S, T1, options=opts).images, by_kw, 0)
+    assert close(edit(shipped_pipe, S, T1, options=dataclasses.replace(opts, self_tau=0.9), self_tau=0.2).images,
+                 by_kw, 0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.seed = 3
+    with pytest.raises(TypeError, match="options must be an EditOptions"):
+        edit(shipped_pipe, S, T1, options={"cross_tau": 0.5})
+    with pytest.raises(TypeError, match=r"no option 'inversions' \(did you mean 'inversion'\?\); valid options: "
+                                        r"mode, cross_tau, .*, progress, options, cache, store, inversion"):
+        edit(shipped_pipe, S, T1, inversions=None)
+    with pytest.raises(ValueError, match="mapper 'median' is unknown"):
+        EditOptions(mapper="median")
+
+
 def test_cli_writes_a_grid(shipped_pipe, tmp_path):
     from PIL import Image
 

@@ -105,11 +105,11 @@ def test_per_word_tau_and_reweight_controls_reach_the_edit(ui):
     ui.word_own["square"].value = True
     assert not ui.word_tau["square"].disabled
     ui.word_tau["square"].value = 0.0
-    assert ui.settings()["cross_tau"] == {"default_": 0.3, "square": 0.0}
+    assert ui.settings().cross_tau == {"default_": 0.3, "square": 0.0}
     assert "tau['square']=0.00" in ui.figure.get_suptitle()
     ui.reweight_word.value = "square"
     ui.reweight_scale.value = 2.5
-    assert ui.settings()["reweight"] == {"square": 2.5}
+    assert ui.settings().reweight == {"square": 2.5}
     assert "reweight 'square' x2.5" in ui.figure.get_suptitle()
     assert "edit: 'square' (reweighted)" in [ax.get_title() for ax in ui.figure.axes]
 
@@ -118,11 +118,11 @@ def test_context_tau_slider_reaches_the_edit(ui, shipped_pipe):
     from p2p_lab.model import sampling_defaults
     from p2p_lab.p2p import edit
 
-    assert ui.settings()["context_tau"] == sampling_defaults(shipped_pipe).context_tau  # the model's
+    assert ui.settings().context_tau == sampling_defaults(shipped_pipe).context_tau  # the model's
     before = _image_data(ui.figure, 2).copy()
     ui.context_tau.value = 1.0  # every unchanged token keeps the source's embedding
     assert "context tau=1.00" in ui.figure.get_suptitle()
-    direct = edit(shipped_pipe, SRC, TGT, num_inference_steps=STEPS, **ui.settings())
+    direct = edit(shipped_pipe, SRC, TGT, options=ui.settings())
     np.testing.assert_allclose(_image_data(ui.figure, 2), direct.images[1], atol=1e-4)
     assert not np.allclose(before, direct.images[1])
 

@@ -35,15 +35,22 @@ def save_grid(images, path) -> None:
     Image.fromarray((grid * 255).round().astype(np.uint8)).save(path)
 
 
+def options_of(args):
+    """The command line's :class:`~p2p_lab.p2p.options.EditOptions`."""
+    from .options import EditOptions
+
+    return EditOptions(mode=args.mode, cross_tau=_tau(args.cross_tau), self_tau=_tau(args.self_tau),
+                       reweight=_reweight(args.reweight), local_blend=args.local_blend or None,
+                       mapper=args.mapper, seed=args.seed, num_inference_steps=args.steps,
+                       guidance_scale=args.guidance)
+
+
 def run_edit(args) -> int:
     from ..model import load_pipeline
     from . import edit
 
     pipe = load_pipeline(args.model, device=args.device)
-    res = edit(pipe, args.source, args.targets, mode=args.mode, cross_tau=_tau(args.cross_tau),
-               self_tau=_tau(args.self_tau), reweight=_reweight(args.reweight),
-               local_blend=args.local_blend, mapper=args.mapper, seed=args.seed,
-               num_inference_steps=args.steps, guidance_scale=args.guidance)
+    res = edit(pipe, args.source, args.targets, options=options_of(args))
     save_grid(res.images, args.out)
     print(f"wrote {args.out}: {' | '.join(res.prompts)}")
     return 0
@@ -60,7 +67,7 @@ def register(subparsers) -> dict:
     p.add_argument("--self-tau", default="0.4", help="0.4 | 0.0,0.4")
     p.add_argument("--reweight", nargs="*", metavar="WORD=SCALE")
     p.add_argument("--local-blend", nargs="*", metavar="WORD", default=None)
-    p.add_argument("--mapper", choices=["copy", "average"], default="copy")
+    p.add_argument("--mapper", choices=["copy", "average"], default=None, help="replace edits only (default copy)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None)

@@ -157,21 +157,32 @@ def _check_words(tokenizer, targets, words, what: str) -> None:
                              f"name a word of a target prompt")
 
 
-def build_plan(tokenizer, source: str, targets: list[str], *, mode, cross_tau, self_tau,
-               reweight, mapper: str, num_steps: int, self_max_res: int) -> EditPlan:
-    """The per-target mappers, schedules and scales of an edit (errors name the fix)."""
+def _refuse_mapper(tokenizer, source: str, target: str, mapper) -> None:
+    """A mapper only maps a replace edit's swapped tokens: an edit whose targets all refine ignores it."""
+    n_s, n_t = len(words_of(tokenizer, source)), len(words_of(tokenizer, target))
+    raise ValueError(f"mapper={mapper!r} has no effect on a refine edit ({source!r} has {n_s} words, {target!r} "
+                     f"has {n_t}: aligned by refinement, no mapper); drop mapper=, or swap words one for one "
+                     f"(the same number of words) for a replace edit")
+
+
+def build_plan(tokenizer, source: str, targets: list[str], *, mode=None, cross_tau=0.8, self_tau=0.4,
+               reweight=None, mapper: str | None = None, num_steps: int, self_max_res: int = 16) -> EditPlan:
+    """The per-target mappers, schedules and scales of an edit (the fields of
+    :class:`~p2p_lab.p2p.options.EditOptions`; errors name the fix). ``mapper`` None: "copy"."""
     if isinstance(cross_tau, dict):
         _check_words(tokenizer, targets, cross_tau, "cross_tau")
     Ms, keeps, alphas, modes = [], [], [], []
     for target in targets:
         m = resolve_mode(tokenizer, source, target, mode)
         if m == "replace":
-            M, keep = replace_mapper(tokenizer, source, target, mapper), torch.zeros(tokenizer.model_max_length)
+            M, keep = replace_mapper(tokenizer, source, target, mapper or "copy"), torch.zeros(tokenizer.model_max_length)
         else:
             index, a = refine_mapper(tokenizer, source, target)
             M, keep = refine_matrix(index, a), 1 - a
         Ms.append(M), keeps.append(keep), modes.append(m)
         alphas.append(alpha_schedule(tokenizer, target, _words_in(tokenizer, target, cross_tau), num_steps))
+    if mapper is not None and "replace" not in modes:  # every target refines: no mapper is read
+        _refuse_mapper(tokenizer, source, targets[0], mapper)
     return EditPlan(torch.stack(Ms), torch.stack(keeps), reweight_scales(tokenizer, targets, reweight),
                     torch.stack(alphas), step_window(self_tau, num_steps, "self_tau"),
                     int(self_max_res), modes)

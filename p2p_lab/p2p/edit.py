@@ -14,6 +14,7 @@ every step; ``Inversion.start_latents``, ``uncond`` and ``source_pin`` say which
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -22,12 +23,15 @@ from .blend import BlendState, LocalBlend
 from .cache import RunKey, SourceCache, make_room
 from .controls import EditControl, build_plan
 from .inversion import Inversion
-from .options import strict_options
+from .options import EditOptions
 from ..unet_attention import attention_layers, require_cross_attention
 from .align import refine_mapper
 from .schedule import step_window
 from .. import ldm
-from .sampling import _prompt_list, images as decode, resolve_run, run_loop
+from .sampling import Run, images as decode, prompt_list, resolve_run, run_loop
+
+if TYPE_CHECKING:
+    from diffusers import SchedulerMixin
 
 CACHE_BUDGET_BYTES = 512 * 2 ** 20  # record everything for later edits when it fits in this
 
@@ -86,21 +90,20 @@ def _latent_hook(cache, blend, from_cache, pin=None):
     return on_step
 
 
-@strict_options
-def edit(pipe, source: str, targets, *, mode: str | None = None, cross_tau=0.8, self_tau=0.4,
-         reweight: dict | None = None, local_blend=None, mapper: str = "copy", seed: int = 0,
-         num_inference_steps: int | None = None, guidance_scale: float | None = None,
-         cache: SourceCache | None = None, store=None, self_max_res: int = 16,
-         context_tau=None, inversion=None, progress: bool | None = None) -> EditResult:
+def edit(pipe, source: str, targets, *, options: EditOptions | None = None, cache: SourceCache | None = None,
+         store=None, inversion: Inversion | None = None, **kwargs) -> EditResult:
     """Edit the image of ``source`` into each of ``targets`` (Prompt-to-Prompt).
+
+    The edit's settings are one :class:`~p2p_lab.p2p.options.EditOptions`: ``options``, with any
+    of its fields given as keywords (``edit(pipe, source, targets, cross_tau=0.6)``):
 
     mode: "replace" (word swap, also one word -> several), "refine" (phrase insertion by
     alignment) or None (replace when the word counts match, else refine). cross_tau: the fraction
     of steps that use the source's cross-attention: float, (start, end) or {word: ...,
     "default_": ...}. self_tau: the same for self-attention (float or (start, end)), in layers up
     to ``self_max_res``. reweight: {word: scale}. local_blend: words or a LocalBlend.
-    mapper: "copy" | "average" (one token -> several). cache: an earlier result's ``.cache``.
-    store: an AttentionStore to fill (rows: source, then targets).
+    mapper: "copy" (default) | "average" (one token -> several), replace edits only. seed: z_T's
+    seed (default 0).
     context_tau: the fraction of steps (float or (start, end)) in which every target token that is
     the same token as in the source (aligned as in refine: articles, unchanged words, end and
     padding tokens) gets the source's text embedding; the edited words keep their own. CLIP's
@@ -109,23 +112,39 @@ def edit(pipe, source: str, targets, *, mode: str | None = None, cross_tau=0.8, 
     (the shipped model partly does) moves the object even when the attention maps are the
     source's. Not in the paper. None: the model's default (``p2p_lab.model.sampling_defaults``:
     0 for Stable Diffusion, as in the paper).
-    inversion: an :class:`~p2p_lab.p2p.inversion.Inversion` of a real image whose caption is
-    ``source`` (notebook 06): the rows start from its z*_T (``seed`` is not used) and the source row
+    progress: a progress bar over the steps (default: on for Stable Diffusion, off for the shipped model).
+
+    The objects an edit works with: cache: an earlier result's ``.cache``. store: an
+    AttentionStore to fill (rows: source, then targets). inversion: an
+    :class:`~p2p_lab.p2p.inversion.Inversion` of a real image whose caption is ``source``
+    (notebook 06): the rows start from its z*_T (so ``seed`` is an error) and the source row
     reconstructs the image (``source_image``); steps and guidance default to the inversion's, and
     other steps, guidance or scheduler than it was made for are an error.
-    progress: a progress bar over the steps (default: on for Stable Diffusion, off for the shipped model).
     """
-    targets = _prompt_list(targets)
+    opts = EditOptions.of(options, also=_OBJECTS, **kwargs)
+    targets = prompt_list(targets, "targets")
     require_cross_attention(pipe.unet)
+    run = _resolve(pipe, source, opts, inversion)
+    e = _prepare(pipe, source, targets, run, opts, cache, store, inversion)
+    return _finish(pipe, e, _sample_targets(pipe, e, store))
+
+
+_OBJECTS = ("options", "cache", "store", "inversion")  # edit()'s keywords besides EditOptions' fields
+
+
+def _resolve(pipe, source, opts: EditOptions, inversion) -> Run:
+    """Steps, guidance and seed of the edit (from an inversion: its steps and guidance, no seed)."""
+    if not isinstance(source, str) or not source.strip():
+        raise ValueError(f"source must be a non-empty prompt string, got {source!r}")
+    steps, w, seed = opts.num_inference_steps, opts.guidance_scale, opts.seed
     if inversion is not None:
         if not isinstance(inversion, Inversion):
             raise TypeError(f"inversion must be an Inversion (p2p.invert(...)), got {type(inversion).__name__}")
-        num_inference_steps, guidance_scale = inversion.check_edit(pipe, source, num_inference_steps, guidance_scale)
-    run = resolve_run(pipe, seed, num_inference_steps, guidance_scale, progress)
-    e = _prepare(pipe, source, targets, run, cache, store, context_tau, local_blend, dict(
-        mode=mode, cross_tau=cross_tau, self_tau=self_tau, reweight=reweight, mapper=mapper,
-        self_max_res=self_max_res), inversion)
-    return _finish(pipe, e, _sample_targets(pipe, e, store))
+        if seed is not None:
+            raise ValueError(f"seed={seed} has no effect on an edit from an inversion (every row starts from "
+                             f"the inversion's z*_T); drop seed=")
+        steps, w = inversion.check_edit(pipe, source, steps, w)
+    return resolve_run(pipe, 0 if seed is None else seed, steps, w, opts.progress)
 
 
 @dataclasses.dataclass
@@ -134,14 +153,14 @@ class _Edit:
 
     source: str
     targets: list[str]
-    run: object  # sampling.Run
-    scheduler: object
+    run: Run
+    scheduler: SchedulerMixin
     cache: SourceCache
     control: EditControl
     rows: list[str]  # the prompts sampled: [source, *targets], or the targets when the source is cached
-    cond: object  # None (each row's own embeddings) or a function step -> embeddings
+    cond: Callable[[int], torch.Tensor] | None  # None: each row's own embeddings; else step -> (rows, L, D)
     sig: "_Signature"
-    inversion: object = None  # an Inversion (a real image), or None (z_T from the seed)
+    inversion: Inversion | None = None  # a real image's inversion, or None (z_T from the seed)
 
     @property
     def n(self) -> int:
@@ -152,14 +171,13 @@ class _Edit:
         return self.control.from_cache
 
 
-def _prepare(pipe, source, targets, run, cache, store, context_tau, local_blend, plan_options,
-             inversion=None) -> _Edit:
+def _prepare(pipe, source, targets, run: Run, opts: EditOptions, cache, store, inversion=None) -> _Edit:
     """The plan, the blend, the cache and the control of an edit; whether the source is cached."""
     layers = attention_layers(pipe, run.latent_hw)
     scheduler = ldm.fresh_scheduler(pipe, run.num_steps)
     n = len(scheduler.timesteps)  # the loop's steps schedule tau
-    plan = build_plan(pipe.tokenizer, source, targets, num_steps=n, **plan_options)
-    blend = _blend_state(local_blend, pipe.tokenizer, [source, *targets], layers, run.latent_hw, n)
+    plan = build_plan(pipe.tokenizer, source, targets, num_steps=n, **opts.plan_options())
+    blend = _blend_state(opts.local_blend, pipe.tokenizer, [source, *targets], layers, run.latent_hw, n)
     est = _record_all_nbytes(pipe, layers, plan.self_max_res, n)
     cache = _source_cache(run_key(pipe, source, run, n, inversion), layers, cache, plan.self_max_res, est)
     control = EditControl(plan, cache, False, store, blend, run.latent_hw)
@@ -171,7 +189,7 @@ def _prepare(pipe, source, targets, run, cache, store, context_tau, local_blend,
         batch = len(rows) * (2 if run.cfg else 1)
         cache.views = batch * est <= CACHE_BUDGET_BYTES
         make_room(cache, batch * est if cache.views else est)  # other live caches give way to this one
-    cond, window = _context_schedule(pipe, source, targets, rows, context_tau, n, from_cache)
+    cond, window = _context_schedule(pipe, source, targets, rows, opts.context_tau, n, from_cache)
     return _Edit(source, targets, run, scheduler, cache, control, rows, cond,
                  _Signature.of(plan, targets, window, n), inversion)
 

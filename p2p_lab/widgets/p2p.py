@@ -8,6 +8,8 @@ cross-attention per token, step and layer. All drawing is done by the pure funct
 """
 from __future__ import annotations
 
+import dataclasses
+
 import difflib
 import time
 
@@ -48,9 +50,12 @@ class EditUI:
         from ..model import sampling_defaults
         from ..p2p import words_of
 
-        self.pipe, self.source, self.target, self.mode, self.dpi = pipe, source, target, mode, dpi
-        self.run_kwargs = dict(seed=seed, num_inference_steps=num_inference_steps,
-                               guidance_scale=guidance_scale)
+        from ..p2p import EditOptions
+
+        self.pipe, self.source, self.target, self.dpi = pipe, source, target, dpi
+        # what the sliders do not change
+        self.fixed = EditOptions(mode=mode, seed=seed, num_inference_steps=num_inference_steps,
+                                 guidance_scale=guidance_scale)
         dropped, added = changed_words(source, target)
         self.source_word = dropped[0] if dropped else None
         self.target_word = added[0] if added else None
@@ -104,23 +109,23 @@ class EditUI:
 
     # ---------------------------------------------------------------- what to run
 
-    def settings(self) -> dict:
-        """The keyword options of ``p2p_lab.p2p.edit`` the controls stand for."""
+    def settings(self):
+        """The :class:`~p2p_lab.p2p.EditOptions` the controls stand for."""
         tau = {w: self.word_tau[w].value for w in self.alpha_words if self.word_own[w].value}
         cross = {"default_": self.cross_tau.value, **tau} if tau else self.cross_tau.value
         word = self.reweight_word.value
         reweight = None if word == "(none)" else {word: float(self.reweight_scale.value)}
-        return dict(cross_tau=cross, self_tau=self.self_tau.value, context_tau=self.context_tau.value,
-                    reweight=reweight)
+        return dataclasses.replace(self.fixed, cross_tau=cross, self_tau=self.self_tau.value,
+                                   context_tau=self.context_tau.value, reweight=reweight)
 
     def title(self) -> str:
         s = self.settings()
-        parts = [f"cross tau={self.cross_tau.value:.2f}", f"self tau={s['self_tau']:.2f}",
-                 f"context tau={s['context_tau']:.2f}"]
+        parts = [f"cross tau={self.cross_tau.value:.2f}", f"self tau={s.self_tau:.2f}",
+                 f"context tau={s.context_tau:.2f}"]
         parts += [f"tau['{w}']={self.word_tau[w].value:.2f}" for w in self.alpha_words
                   if self.word_own[w].value]
-        if s["reweight"]:
-            (w, c), = s["reweight"].items()
+        if s.reweight:
+            (w, c), = s.reweight.items()
             parts.append(f"reweight '{w}' x{c:g}")
         return "P2P edit: " + ", ".join(parts)
 
@@ -131,10 +136,13 @@ class EditUI:
         from ..p2p import AttentionStore, edit, fixed_seed
 
         if self.fixed_image is None:
-            self.fixed_image = fixed_seed(self.pipe, self.source, self.target, **self.run_kwargs)[1]
+            f = self.fixed
+            self.fixed_image = fixed_seed(self.pipe, self.source, self.target, seed=f.seed,
+                                          num_inference_steps=f.num_inference_steps,
+                                          guidance_scale=f.guidance_scale)[1]
         store = AttentionStore(per_step=False)
-        self.result = edit(self.pipe, self.source, self.target, mode=self.mode, cache=self.cache,
-                           store=store, **self.settings(), **self.run_kwargs)
+        self.result = edit(self.pipe, self.source, self.target, options=self.settings(), cache=self.cache,
+                           store=store)
         self.cache = self.result.cache
         return self.result
 
@@ -146,7 +154,7 @@ class EditUI:
             maps[f"source: '{self.source_word}'"] = store.word_map(tok, self.source, self.source_word, 0)
         if self.target_word:
             maps[f"edit: '{self.target_word}'"] = store.word_map(tok, self.target, self.target_word, 1)
-        rw = self.settings()["reweight"]
+        rw = self.settings().reweight
         if rw:
             (w, _), = rw.items()
             maps[f"edit: '{w}' (reweighted)"] = store.word_map(tok, self.target, w, 1)
