@@ -46,8 +46,9 @@ from p2p_eval import EDITS, score  # noqa: E402  (one scorer for generated and r
 
 from p2p_lab import shapes  # noqa: E402
 from p2p_lab.metrics import psnr  # noqa: E402
+from p2p_lab.p2p.inversion import METHODS as REGISTRY  # noqa: E402
 
-METHODS = ("ddim", "null-text", "negative-prompt", "direct")
+METHODS = tuple(REGISTRY)  # every registered inversion method
 KEYS = ("edit_success", "centroid_shift_px", "bg_psnr_db", "bg_psnr_vs_source_db")
 # PIE-Bench with Prompt-to-Prompt (Ju et al. 2024, Table 1): structure distance (lower is better)
 # and background PSNR order the methods the same way, best first
@@ -111,7 +112,8 @@ def run_scene(pipe, k: int, args) -> dict:
     ceiling = None
     for method in args.methods:
         t0 = time.perf_counter()
-        inv = invert(pipe, x, source, method, num_inner_steps=args.inner_steps, **run)
+        own = {"num_inner_steps": args.inner_steps} if "num_inner_steps" in REGISTRY[method].options else {}
+        inv = invert(pipe, x, source, method, **own, **run)
         t1 = time.perf_counter()
         res = edit(pipe, source, list(targets.values()), inversion=inv, **taus)
         t2 = time.perf_counter()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from p2p_lab import ldm, shapes
+from p2p_lab import finetune, ldm, shapes
 from p2p_lab.metrics import psnr
 from p2p_lab.p2p import INVERSION_METHODS, Inversion, LocalBlend, edit, invert
 
@@ -26,7 +26,8 @@ def close(a, b, atol=1e-5):
 @pytest.fixture(scope="module")
 def inversions(shipped_pipe):
     """One inversion per method of the same scene, 4 steps, for guidance 4 (null-text: 3 Adam steps)."""
-    return {m: invert(shipped_pipe, IMAGE, S, m, num_inner_steps=3, **FAST) for m in INVERSION_METHODS}
+    return {m: invert(shipped_pipe, IMAGE, S, m, **({"num_inner_steps": 3} if m == "null-text" else {}), **FAST)
+            for m in INVERSION_METHODS}
 
 
 def test_ddim_inversion_is_the_formula_written_out(shipped_pipe):
@@ -75,12 +76,12 @@ def test_negative_prompt_reconstruction_is_sampling_at_guidance_one(shipped_pipe
 def test_null_text_lowers_the_drift_at_the_edit_guidance(shipped_pipe):
     """Null-text's per-step null embeddings keep the guided sampling nearer the trajectory than
     DDIM inversion at the same guidance, at every step; the UNet's weights are untouched."""
-    before = ldm.weights_fingerprint(shipped_pipe.unet)
+    before = finetune.weights_fingerprint(shipped_pipe.unet)
     flags = [p.requires_grad for p in shipped_pipe.unet.parameters()]
     kw = dict(num_inference_steps=10, guidance_scale=4.0)
     nt = invert(shipped_pipe, IMAGE, S, "null-text", **kw)
     ddim = invert(shipped_pipe, IMAGE, S, "ddim", **kw)
-    assert ldm.weights_fingerprint(shipped_pipe.unet) == before
+    assert finetune.weights_fingerprint(shipped_pipe.unet) == before
     assert [p.requires_grad for p in shipped_pipe.unet.parameters()] == flags
     d_nt, d_ddim = nt.drift(shipped_pipe), ddim.drift(shipped_pipe)  # measured: 0.07 vs 0.14 at the end
     assert (d_nt < d_ddim).all() and d_nt[-1] < 0.6 * d_ddim[-1], (d_nt, d_ddim)
@@ -177,6 +178,8 @@ def test_errors(shipped_pipe, inversions):
         (dict(prompt=S + " and a big red square on a green background"), ValueError, "reads at most 16"),
         (dict(method="negative-prompt", inverse_guidance=4.0), ValueError, "inverse_guidance=1"),
         (dict(steps=3), TypeError, "no option 'steps'"),
+        (dict(num_inner_steps=3), ValueError, "num_inner_steps=3 has no effect on 'ddim' inversion.*'null-text'"),
+        (dict(method="direct", lr=0.1), ValueError, "lr=0.1 has no effect on 'direct'.*drop lr="),
     ]
     for change, error, message in cases:
         kw = dict(image=IMAGE, prompt=S, method="ddim", **FAST)
@@ -191,6 +194,8 @@ def test_errors(shipped_pipe, inversions):
         edit(shipped_pipe, "a red circle", T1, inversion=inv)
     with pytest.raises(TypeError, match="must be an Inversion"):
         edit(shipped_pipe, S, T1, inversion=inv.z_T)
+    with pytest.raises(ValueError, match="seed=3 has no effect on an edit from an inversion.*drop seed="):
+        edit(shipped_pipe, S, T1, inversion=inv, seed=3)
     original = shipped_pipe.scheduler
     try:
         shipped_pipe.scheduler = DDIMScheduler.from_config(original.config, timestep_spacing="trailing")
@@ -240,3 +245,51 @@ def test_null_text_in_float16(sd_like_pipe):
     size = [s.abs().mean().item() for s in steps]
     assert 0.8 < size[0] / size[1] < 1.25, size  # neither underflowed nor left scaled
     assert abs(low.null_losses[0] - ref.null_losses[0]) < 0.05 * ref.null_losses[0]
+
+
+def test_a_new_method_is_one_class(shipped_pipe, inversions):
+    """A subclass of InversionMethod registers itself; invert and edit take it by name. This one
+    guides every row with the empty prompt's embedding, given as its own tensor, and pins nothing:
+    what DDIM inversion's edit does (classifier-free guidance with u = E("")), so the two edits
+    are equal; its key hashes its tensor and names it."""
+    from p2p_lab.p2p.inversion import METHODS, InversionMethod
+
+    class EmptyPrompt(InversionMethod):
+        name = "empty-prompt (test)"
+
+        @classmethod
+        def fit(cls, pipe, latents, cond, scheduler, guidance_scale, progress):
+            out = cls()
+            out.u = ldm.encode_text(pipe, [""]).float().cpu()  # (1, L, D)
+            return out
+
+        def uncond(self, pipe, inv):
+            return self.u
+
+        def tensors(self):
+            return [self.u]
+
+    try:
+        assert METHODS["empty-prompt (test)"] is EmptyPrompt
+        inv = invert(shipped_pipe, IMAGE, S, "empty-prompt (test)", **FAST)
+        ddim = inversions["ddim"]
+        assert inv.method == "empty-prompt (test)" and torch.equal(inv.z_T, ddim.z_T)
+        assert inv.key != ddim.key and inv.key.startswith("empty-prompt (test):")
+        ours, theirs = (edit(shipped_pipe, S, [T1], inversion=i).images for i in (inv, ddim))
+        assert close(ours, theirs, 1e-6)
+    finally:
+        del METHODS["empty-prompt (test)"]
+
+
+def test_the_key_hashes_each_methods_own_tensors(inversions):
+    """Two inversions that differ only in a method's own tensor (null-text's u_0, negative-prompt's
+    c) have different keys: an edit never reuses the other's cache."""
+    import copy
+
+    for method, name in (("null-text", "null_embeddings"), ("negative-prompt", "source_embedding")):
+        inv = inversions[method]
+        other = copy.copy(inv)
+        other.__dict__.pop("_key", None)
+        other.state = copy.copy(inv.state)
+        setattr(other.state, name, getattr(inv.state, name) + 1e-3)
+        assert other.key != inv.key and other.key.split(":")[0] == method

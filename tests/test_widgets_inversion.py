@@ -36,6 +36,9 @@ def test_the_widget_inverts_once_per_image_and_re_edits_per_tau(shipped_pipe):
     images = {"scene 0": _scene(0), "scene 1": _scene(1)}
     ui = make_real_edit_ui(shipped_pipe, images, images["scene 1"][1], method="direct", num_inference_steps=4)
     assert ui.renders == 1 and ui.figure is not None and ui.inversion.method == "direct"
+    from p2p_lab.p2p.inversion import METHODS
+
+    assert list(ui.method.options) == list(METHODS)  # the registry's methods, a new one included
     first = ui.inversion
     ui.cross_tau.value = 0.3  # only the targets re-run
     assert ui.renders == 2 and ui.inversion is first and ui.result.from_cache

@@ -50,6 +50,7 @@ import dataclasses
 import hashlib
 import os
 import time
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
@@ -58,7 +59,6 @@ import torch.nn.functional as F
 from .. import ldm
 from .options import strict_options
 
-METHODS = ("ddim", "null-text", "negative-prompt", "direct")
 NULL_TEXT_STOP_SLOPE = 2e-5  # the official code's early stop: loss < early_stop + 2e-5 i at step i
 
 Tensor = torch.Tensor
@@ -118,6 +118,119 @@ def load_image(image, size: int) -> np.ndarray:
     return ldm.to_numpy(x)[0]  # (size, size, 3)
 
 
+# ---------------------------------------------------------------- the methods, one class each
+
+METHODS: dict[str, type["InversionMethod"]] = {}  # name -> class (the registry), in definition order
+
+
+class InversionMethod:
+    """One way of inverting a real image (notebook 06): the registry's entry under ``name``.
+
+    After the DDIM pass every method shares (:func:`ddim_inversion`), :meth:`fit` computes what the
+    method needs (its state: the fields of a subclass); an edit then asks it for the rows'
+    unconditional embedding (:meth:`uncond`) and the source row's pin (:meth:`source_pin`), and
+    the source cache's key hashes its :meth:`tensors`. A new method is one subclass with a new
+    ``name``: it registers itself, and :func:`invert`, the widget and the benchmark offer it.
+    """
+
+    name: ClassVar[str]
+    options: ClassVar[tuple[str, ...]] = ()  # invert()'s keyword options that only this method reads
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        METHODS[cls.name] = cls
+
+    @classmethod
+    def check(cls, inverse_guidance: float) -> None:
+        """ValueError for an inversion setting the method cannot use (none by default)."""
+
+    @classmethod
+    def fit(cls, pipe, latents: list[Tensor], cond: Tensor, scheduler, guidance_scale: float,
+            progress: bool | None, **options) -> "InversionMethod":
+        """The method's state for the trajectory ``latents`` (z*_0 .. z*_T) of the prompt ``cond`` (1, L, D)."""
+        return cls()
+
+    def uncond(self, pipe, inv: "Inversion") -> Tensor | Callable[[int], Tensor] | None:
+        """Every row's unconditional embedding: None (the empty prompt's), a tensor (1, L, D) or a
+        function of the loop step i."""
+        return None
+
+    def source_pin(self, pipe, inv: "Inversion") -> Callable[[int], Tensor] | None:
+        """None, or a function of the loop step i giving the source row's latent after step i."""
+        return None
+
+    def tensors(self) -> list[Tensor]:
+        """The method's own tensors, hashed into the source cache's key (besides the trajectory)."""
+        return []
+
+
+@dataclasses.dataclass
+class DDIMInversion(InversionMethod):
+    """``"ddim"``: the DDIM pass alone; u is the empty prompt's embedding. Drifts with w."""
+
+    name: ClassVar[str] = "ddim"
+
+
+@dataclasses.dataclass
+class NullTextInversion(InversionMethod):
+    """``"null-text"``: a null embedding u_i per step, optimised so that sampling back at the
+    edit's guidance stays on the trajectory (:func:`null_text_inversion`)."""
+
+    name: ClassVar[str] = "null-text"
+    options: ClassVar[tuple[str, ...]] = ("num_inner_steps", "early_stop", "lr")
+    null_embeddings: Tensor = dataclasses.field(repr=False)  # (n, L, D) u_i, CPU float32
+    null_losses: list[float] = dataclasses.field(repr=False)  # the last inner loss per step
+    null_inner_steps: list[int] = dataclasses.field(repr=False)  # Adam steps per step
+
+    @classmethod
+    def fit(cls, pipe, latents, cond, scheduler, guidance_scale, progress, num_inner_steps: int = 10,
+            early_stop: float = 1e-5, lr: float = 1e-2):
+        return cls(*null_text_inversion(pipe, latents, cond, scheduler, guidance_scale, num_inner_steps,
+                                        early_stop, lr, progress=progress))
+
+    def uncond(self, pipe, inv):
+        nulls = self.null_embeddings.to(ldm.pipe_device(pipe), pipe.text_encoder.dtype)  # (n, L, D)
+        return lambda i: nulls[i:i + 1]  # (1, L, D): u_i
+
+    def tensors(self):
+        return [self.null_embeddings]
+
+
+@dataclasses.dataclass
+class NegativePromptInversion(InversionMethod):
+    """``"negative-prompt"``: u = c, the source prompt's own embedding, for every row."""
+
+    name: ClassVar[str] = "negative-prompt"
+    source_embedding: Tensor = dataclasses.field(repr=False)  # (1, L, D), CPU float32
+
+    @classmethod
+    def check(cls, inverse_guidance):
+        if inverse_guidance != 1:
+            raise ValueError("negative-prompt inversion samples back with eps = eps_c (guidance-free), so it "
+                             "inverts at inverse_guidance=1; leave inverse_guidance at 1")
+
+    @classmethod
+    def fit(cls, pipe, latents, cond, scheduler, guidance_scale, progress):
+        return cls(cond.float().cpu())
+
+    def uncond(self, pipe, inv):
+        return self.source_embedding.to(ldm.pipe_device(pipe), pipe.text_encoder.dtype)  # (1, L, D)
+
+    def tensors(self):
+        return [self.source_embedding]
+
+
+@dataclasses.dataclass
+class DirectInversion(InversionMethod):
+    """``"direct"``: after every step the source row is put back on the trajectory, z_prev <- z*_prev."""
+
+    name: ClassVar[str] = "direct"
+
+    def source_pin(self, pipe, inv):
+        on = [z.to(ldm.pipe_device(pipe), ldm.pipe_dtype(pipe)) for z in inv.latents]
+        return lambda i: on[inv.num_inference_steps - 1 - i]  # (1, C, h, w): z*_prev
+
+
 # ---------------------------------------------------------------- the result
 
 @dataclasses.dataclass(eq=False)
@@ -126,10 +239,11 @@ class Inversion:
 
     ``latents[k]`` is z* after k inversion steps (CPU float32, (1, C, h, w)): ``latents[0] = z*_0 =
     E(x)``, ``latents[n] = z*_T``; the loop's step i lands on ``latents[n - 1 - i]``
-    (:meth:`target_after`).
+    (:meth:`target_after`). ``state`` is the method's own (:class:`InversionMethod`); its fields
+    read as the inversion's too (``inv.null_embeddings`` of a null-text inversion).
     """
 
-    method: str
+    state: InversionMethod
     prompt: str
     num_inference_steps: int
     guidance_scale: float  # the guidance the reconstruction and the edits run at
@@ -139,11 +253,20 @@ class Inversion:
     timesteps: list[int] = dataclasses.field(repr=False)
     latents: list[Tensor] = dataclasses.field(repr=False)  # n + 1 entries, (1, C, h, w) each
     image: np.ndarray = dataclasses.field(repr=False)  # the input as the model sees it, (H, W, 3) in [0, 1]
-    null_embeddings: Tensor | None = dataclasses.field(default=None, repr=False)  # (n, L, D), null-text
-    source_embedding: Tensor | None = dataclasses.field(default=None, repr=False)  # (1, L, D), negative-prompt
-    null_losses: list[float] | None = dataclasses.field(default=None, repr=False)  # last inner loss per step
-    null_inner_steps: list[int] | None = dataclasses.field(default=None, repr=False)  # Adam steps per step
     seconds: float = 0.0  # wall time of the inversion
+
+    def __getattr__(self, name: str):
+        if name.startswith("_") or name == "state":
+            raise AttributeError(name)
+        try:
+            return getattr(self.state, name)
+        except AttributeError:
+            raise AttributeError(f"a {self.method!r} inversion has no {name!r}") from None
+
+    @property
+    def method(self) -> str:
+        """The method's name (a key of ``METHODS``)."""
+        return self.state.name
 
     @property
     def z_T(self) -> Tensor:
@@ -165,42 +288,30 @@ class Inversion:
 
     @property
     def key(self) -> str:
-        """A fingerprint of everything an edit from this inversion depends on (the source cache's key)."""
-        if not hasattr(self, "_key"):
+        """A fingerprint of everything an edit from this inversion depends on (the source cache's
+        key): the run setting, the trajectory and the method's own tensors."""
+        if "_key" not in self.__dict__:
             h = hashlib.sha1(repr((self.method, self.prompt, self.num_inference_steps, self.guidance_scale,
                                    self.inverse_guidance, self.scheduler,
                                    sorted(self.scheduler_config.items()))).encode())
-            for t in [*self.latents, self.null_embeddings, self.source_embedding]:
-                if t is not None:
-                    h.update(t.detach().float().cpu().numpy().tobytes())
+            for t in [*self.latents, *self.state.tensors()]:
+                h.update(t.detach().float().cpu().numpy().tobytes())
             self._key = f"{self.method}:{h.hexdigest()[:16]}"
         return self._key
 
-    # -- what an edit (or the reconstruction) needs, per method: the one place they differ
+    # -- what an edit (or the reconstruction) needs: the method's, the one place they differ
 
     def start_latents(self, pipe, n_rows: int) -> Tensor:
         """z*_T for every row, (n_rows, C, h, w) on the pipeline's device and dtype."""
         return self.z_T.to(ldm.pipe_device(pipe), ldm.pipe_dtype(pipe)).repeat(n_rows, 1, 1, 1)
 
     def uncond(self, pipe):
-        """The unconditional embedding of every row: None (the empty prompt's, as usual), a tensor
-        (1, L, D) (negative-prompt: the source's) or a function of the loop step i (null-text's u_i)."""
-        device, dtype = ldm.pipe_device(pipe), pipe.text_encoder.dtype
-        if self.method == "negative-prompt":
-            return self.source_embedding.to(device, dtype)
-        if self.method == "null-text":
-            nulls = self.null_embeddings.to(device, dtype)  # (n, L, D)
-            return lambda i: nulls[i:i + 1]  # (1, L, D)
-        return None
+        """The unconditional embedding of every row (:meth:`InversionMethod.uncond`)."""
+        return self.state.uncond(pipe, self)
 
     def source_pin(self, pipe):
-        """None, or (direct) a function of the loop step i giving z*_prev (1, C, h, w) on the
-        pipeline's device: the source row's latent after step i."""
-        if self.method != "direct":
-            return None
-        on = [z.to(ldm.pipe_device(pipe), ldm.pipe_dtype(pipe)) for z in self.latents]
-        n = self.num_inference_steps
-        return lambda i: on[n - 1 - i]
+        """The source row's pin, or None (:meth:`InversionMethod.source_pin`)."""
+        return self.state.source_pin(pipe, self)
 
     # -- checks
 
@@ -373,38 +484,51 @@ def _check_scheduler(pipe) -> None:
                          f"diffusers.DDIMScheduler) first (and edit with that pipeline)")
 
 
+def _method(method: str, inverse_guidance: float, options: dict) -> type[InversionMethod]:
+    """The registry's class for ``method``; ValueError for an unknown method, or an option it ignores."""
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} is unknown; use one of {', '.join(repr(m) for m in METHODS)}")
+    cls = METHODS[method]
+    for name, value in options.items():
+        if value is not None and name not in cls.options:
+            readers = [m for m, c in METHODS.items() if name in c.options]
+            raise ValueError(f"{name}={value!r} has no effect on {method!r} inversion (only "
+                             f"{', '.join(map(repr, readers))} reads it); drop {name}=")
+    cls.check(inverse_guidance)
+    return cls
+
+
 @strict_options
 @torch.no_grad()
 def invert(pipe, image, prompt: str, method: str, num_inference_steps: int | None = None,
-           guidance_scale: float | None = None, *, inverse_guidance: float = 1.0, num_inner_steps: int = 10,
-           early_stop: float = 1e-5, lr: float = 1e-2, progress: bool | None = None) -> Inversion:
+           guidance_scale: float | None = None, *, inverse_guidance: float = 1.0, num_inner_steps: int | None = None,
+           early_stop: float | None = None, lr: float | None = None, progress: bool | None = None) -> Inversion:
     """Invert a real image for editing with ``p2p.edit(pipe, prompt, targets, inversion=...)``.
 
     image: an (H, W, 3) numpy array (float in [0, 1], or uint8), a PIL image or a path; resized
     (not cropped) to the model's size (32 px for the shipped model, 512 for Stable Diffusion v1).
-    prompt: the image's caption (the edit's source prompt). method: "ddim", "null-text",
-    "negative-prompt" or "direct" (the module's docstring gives each one's equations).
+    prompt: the image's caption (the edit's source prompt). method: a name of the registry
+    ``METHODS``: "ddim", "null-text", "negative-prompt" or "direct" (the module's docstring gives
+    each one's equations).
     num_inference_steps, guidance_scale: the steps and guidance the reconstruction and the edits
     will run at (default: the model's, ``p2p_lab.model.sampling_defaults``); null-text optimises
     its null embeddings for this guidance. inverse_guidance: the guidance of the DDIM inversion
     pass, 1 (the conditional eps alone) as the papers invert; set it to guidance_scale to invert
     under the guidance you sample back with ("ddim" or "direct"; not for "negative-prompt", whose
-    sampling is guidance-free). num_inner_steps, early_stop, lr: null-text's Adam (the paper's 10
-    steps, the official code's early stop and learning rate). progress: a progress bar (default:
-    on for Stable Diffusion, off for the shipped model).
+    sampling is guidance-free). num_inner_steps, early_stop, lr: null-text's Adam (default: the
+    paper's 10 steps, the official code's early stop 1e-5 and learning rate 1e-2; an error with
+    another method, which would ignore them). progress: a progress bar (default: on for Stable
+    Diffusion, off for the shipped model).
 
     Needs a DDIMScheduler (:func:`p2p_lab.ldm.with_scheduler` makes one); the image is encoded with
     the posterior mean (:func:`p2p_lab.ldm.encode`).
     """
     from .sampling import resolve_run
 
-    if method not in METHODS:
-        raise ValueError(f"method {method!r} is unknown; use one of {', '.join(repr(m) for m in METHODS)}")
+    options = dict(num_inner_steps=num_inner_steps, early_stop=early_stop, lr=lr)
+    cls = _method(method, inverse_guidance, options)
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a string (the image's caption), got {prompt!r}")
-    if method == "negative-prompt" and inverse_guidance != 1:
-        raise ValueError("negative-prompt inversion samples back with eps = eps_c (guidance-free), so it inverts "
-                         "at inverse_guidance=1; leave inverse_guidance at 1")
     _check_scheduler(pipe)
     start = time.perf_counter()
     run = resolve_run(pipe, 0, num_inference_steps, guidance_scale, progress)
@@ -414,16 +538,11 @@ def invert(pipe, image, prompt: str, method: str, num_inference_steps: int | Non
     z0 = ldm.encode(pipe, ldm.image_to_tensor(x)).to(device, dtype)  # (1, C, h, w): z*_0
     scheduler = ldm.fresh_scheduler(pipe, run.num_steps)
     latents = ddim_inversion(pipe, z0, cond, scheduler, inverse_guidance, progress=run.progress)
-    extra = {}
-    if method == "null-text":
-        nulls, losses, inner = null_text_inversion(pipe, latents, cond, scheduler, run.guidance_scale,
-                                                   num_inner_steps, early_stop, lr, progress=run.progress)
-        extra = dict(null_embeddings=nulls, null_losses=losses, null_inner_steps=inner)
-    elif method == "negative-prompt":
-        extra = dict(source_embedding=cond.float().cpu())
+    state = cls.fit(pipe, latents, cond, scheduler, run.guidance_scale, run.progress,
+                    **{k: v for k, v in options.items() if v is not None})
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
     sch = pipe.scheduler
-    return Inversion(method, prompt, run.num_steps, run.guidance_scale, float(inverse_guidance),
+    return Inversion(state, prompt, run.num_steps, run.guidance_scale, float(inverse_guidance),
                      type(sch).__name__, dict(sch.config), [int(t) for t in scheduler.timesteps], latents, x,
-                     seconds=time.perf_counter() - start, **extra)
+                     seconds=time.perf_counter() - start)

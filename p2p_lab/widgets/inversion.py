@@ -49,8 +49,9 @@ class RealEditUI:
         self.upload = W.FileUpload(accept="image/*", multiple=False, description="upload")
         self.source = W.Text(value=self.images[first][1], description="source", layout=W.Layout(width="420px"))
         self.target = W.Text(value=target, description="target", layout=W.Layout(width="420px"))
-        self.method = W.Dropdown(options=["null-text", "direct", "negative-prompt", "ddim"], value=method,
-                                 description="inversion")
+        from ..p2p.inversion import METHODS
+
+        self.method = W.Dropdown(options=list(METHODS), value=method, description="inversion")
         kw = dict(min=0.0, max=1.0, step=0.05, continuous_update=False, readout_format=".2f")
         self.cross_tau = W.FloatSlider(value=cross_tau, description="cross tau", **kw)
         self.self_tau = W.FloatSlider(value=self_tau, description="self tau", **kw)
