@@ -1,8 +1,19 @@
-"""Homes 2 and 3 as a new user meets them: every notebook run the way Colab runs it.
+"""Homes 2 and 3 as a new user meets them: every notebook run the way Colab runs it, once for each
+library set of LIBRARY_SETS (each in its own fresh environment, all by default):
+
+- ``oldest``: the oldest versions pyproject.toml claims (numpy 1.24, transformers 4.40, diffusers
+  0.30, accelerate 0.30, ipywidgets 7.6, ...; where a floor cannot be installed with the others or
+  has no wheel for this Python, the nearest release that can, named beside it);
+- ``colab-2025``: Colab's runtime of late 2025 (numpy 2.0, transformers 4.57, diffusers 0.35,
+  ipywidgets 7.7.1): the last transformers 4, whose deprecation notices the loader filters;
+- ``today``: Colab's runtime today (numpy 2.1, transformers 5.15, diffusers 0.39, ipywidgets 7.7.1;
+  Colab's Python 3.13 and torch 2.11 cannot be run here: the environment keeps this machine's Python
+  and its CPU build of torch).
+
+The wheel, the student release and the suite's reference image are made once and shared.
 
 1. A fresh virtual environment gets what a Colab CPU runtime has preinstalled (torch first, then
-   COLAB_PREINSTALLED: older transformers and diffusers than the suite's, ipywidgets 7.7), and
-   nothing of this repository.
+   the set's pins), and nothing of this repository.
 2. The package is built as a wheel; only the .ipynb files are copied into an empty folder; the
    kernel starts with a stand-in ``google.colab`` module imported, so each notebook's Colab set-up
    cell runs, its install line pointed at that wheel (``pip install`` of the wheel, dependencies
@@ -16,11 +27,12 @@
    installed in its place, as a course's Colab badge installs it: every master solution passes its
    public check from the expectations recorded at release, on Colab's older libraries.
 
-Usage (with the suite's environment active): python .ci/colab_home.py WORK_DIR
-(prints one line per notebook; exit status 1 on failure)
+Usage (with the suite's environment active): python .ci/colab_home.py WORK_DIR [--libs NAME ...]
+(prints one line per notebook and set; exit status 1 on failure)
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -37,14 +49,31 @@ from p2p_lab.testing import notebook_warnings
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCH = "torch==2.13.0"  # the CPU build on this machine's disk; installed first (see README)
-# What Colab's runtime brings, at versions older than the suite's own environment. The package must
-# run on them unchanged, and installing it must not replace any of them.
-COLAB_PREINSTALLED = [
-    "numpy==2.0.2", "transformers==4.57.1", "diffusers==0.35.2", "accelerate==1.11.0",
-    "tokenizers==0.22.1", "safetensors==0.6.2", "matplotlib==3.10.0", "ipywidgets==7.7.1",
-    "scipy==1.16.3", "scikit-image==0.25.2", "pillow==11.3.0", "tqdm==4.67.1",
-    "ipykernel==6.29.5", "nbclient==0.10.2", "nbformat==5.10.4", "notebook==6.5.7", "pytest==8.4.2",
-]
+# What a Colab runtime brings, one list per library set (see the docstring). The package must run on
+# each unchanged, and installing it must not replace any of them. The notebook runner and test tools
+# (the last five) are the same in every set: they run the notebooks, the notebooks do not import them.
+RUNNER_TOOLS = ["ipykernel==6.29.5", "nbclient==0.10.2", "nbformat==5.10.4", "notebook==6.5.7", "pytest==8.4.2"]
+LIBRARY_SETS = {
+    "oldest": [  # pyproject.toml's lower bounds
+        "numpy==1.24.4", "transformers==4.40.0", "diffusers==0.30.0", "accelerate==0.30.0",
+        "tokenizers==0.19.1",  # floor 0.15: transformers 4.40 needs >= 0.19
+        "safetensors==0.4.1",  # floor 0.4: transformers 4.40 needs >= 0.4.1
+        "matplotlib==3.7.0", "ipywidgets==7.6.0",
+        "scipy==1.10.1", "scikit-image==0.21.0",
+        "pillow==9.3.0",  # floor 9.0: the first release with a wheel for Python 3.11
+        "tqdm==4.60.0", *RUNNER_TOOLS,
+    ],
+    "colab-2025": [
+        "numpy==2.0.2", "transformers==4.57.1", "diffusers==0.35.2", "accelerate==1.11.0",
+        "tokenizers==0.22.1", "safetensors==0.6.2", "matplotlib==3.10.0", "ipywidgets==7.7.1",
+        "scipy==1.16.3", "scikit-image==0.25.2", "pillow==11.3.0", "tqdm==4.67.1", *RUNNER_TOOLS,
+    ],
+    "today": [  # Colab's runtime today: numpy 2.1, transformers 5.15, diffusers 0.39 (latest patches)
+        "numpy==2.1.3", "transformers==5.15.1", "diffusers==0.39.0", "accelerate==1.16.0",
+        "tokenizers==0.22.2", "safetensors==0.8.0", "matplotlib==3.10.0", "ipywidgets==7.7.1",
+        "scipy==1.16.3", "scikit-image==0.25.2", "pillow==11.3.0", "tqdm==4.67.1", *RUNNER_TOOLS,
+    ],
+}
 KEPT = ("torch", "numpy", "transformers", "diffusers", "matplotlib", "ipywidgets")
 NEVER = ("jupyterlab", "nbval")  # the course's install must not add these (the lab and test extras have them)
 INSTALL_LINE = re.compile(r'!pip -q install "(git\+https://github\.com/[^"]+)"')
@@ -63,12 +92,12 @@ def freeze(python: Path) -> dict[str, str]:
     return {p["name"].lower().replace("_", "-"): p["version"] for p in json.loads(out)}
 
 
-def make_env(work: Path) -> Path:
+def make_env(work: Path, pins: list[str]) -> Path:
     venv = work / "colab-venv"
     sh(sys.executable, "-m", "venv", venv)
     python = venv / "bin" / "python"
     sh(python, "-m", "pip", "install", "-q", TORCH)
-    sh(python, "-m", "pip", "install", "-q", *COLAB_PREINSTALLED)
+    sh(python, "-m", "pip", "install", "-q", *pins)
     return python
 
 
@@ -165,18 +194,25 @@ def check_packages(python: Path, before: dict[str, str]) -> list[str]:
     return problems
 
 
-def check_same_images(python: Path, work: Path) -> list[str]:
-    """The installed wheel on Colab's older libraries draws what the checkout draws on the suite's
+def suite_image(work: Path) -> Path:
+    """What the checkout draws on the suite's libraries (made once, compared with every set's)."""
+    script, ours = work / "sample.py", work / "suite.npy"
+    script.write_text(SAMPLE)
+    subprocess.run([sys.executable, str(script), str(ours)], cwd=ROOT, check=True, capture_output=True)
+    return ours
+
+
+def check_same_images(python: Path, work: Path, ours: Path) -> list[str]:
+    """The installed wheel on Colab's libraries draws what the checkout draws on the suite's
     (diffusers' own pipeline call, same seed), and loads without a word on stderr."""
     script = work / "sample.py"
     script.write_text(SAMPLE)
-    theirs, ours = work / "colab.npy", work / "suite.npy"
+    theirs = work / "colab.npy"
     run = subprocess.run([str(python), str(script), str(theirs)], cwd=work, capture_output=True, text=True,
                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
     if run.returncode:
         return [f"sampling with the installed wheel failed:\n{run.stderr[-3000:]}"]
     problems = [f"loading the shipped model printed: {run.stderr[-2000:]}"] if run.stderr.strip() else []
-    subprocess.run([sys.executable, str(script), str(ours)], cwd=ROOT, check=True, capture_output=True)
     diff = float(abs(np.load(theirs) - np.load(ours)).max())
     print(f"shipped model, Colab's libraries vs the suite's: largest pixel difference {diff:.2e}", flush=True)
     return problems + ([f"the images differ by {diff} between the two stacks"] if diff > 1e-4 else [])
@@ -210,12 +246,17 @@ print(json.dumps(out))
 """
 
 
-def run_student_checks(python: Path, work: Path) -> list[str]:
+def build_student_wheel(work: Path) -> Path:
+    """The student version (``python -m p2p_lab release``, the suite's libraries) as a wheel."""
     release = work / "release"
     sh(sys.executable, "-m", "p2p_lab", "release", release, "--no-timings")
     sh(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", work / "student-wheel",
        release / "student")
     (wheel,) = (work / "student-wheel").glob("p2p_lab-*.whl")
+    return wheel
+
+
+def run_student_checks(python: Path, work: Path, wheel: Path) -> list[str]:
     sh(python, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", wheel)
     (work / "student-checks").mkdir()
     run = subprocess.run([str(python), "-c", STUDENT_CHECKS, str(ROOT / "notebooks")], cwd=work / "student-checks",
@@ -231,24 +272,43 @@ def run_student_checks(python: Path, work: Path) -> list[str]:
     return problems
 
 
-def main(work: Path) -> int:
+def run_set(name: str, work: Path, wheel: Path, student_wheel: Path, ours: Path) -> list[str]:
+    """Every check of the Colab-like home in a fresh environment with library set ``name``."""
     start = time.time()
+    work.mkdir()
+    print(f"=== library set {name!r}: {' '.join(LIBRARY_SETS[name][:8])} (and {TORCH})", flush=True)
+    python = make_env(work, LIBRARY_SETS[name])
+    before = freeze(python)
+    print(f"[{name}] installed: " + ", ".join(f"{k} {before.get(k)}" for k in (*KEPT, "huggingface-hub")), flush=True)
+    problems = run_notebooks(python, wheel, work)
+    problems += check_packages(python, before)
+    problems += check_same_images(python, work, ours)
+    problems += run_widget_tests(python, work)
+    problems += run_student_checks(python, work, student_wheel)  # last: it replaces the installed package
+    print(f"[{name}] {time.time() - start:.0f} s, {len(problems)} problem(s)", flush=True)
+    return [f"[{name}] {p}" for p in problems]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=f"library sets: "
+                                     + "; ".join(f"{k}: {' '.join(v[:4])} ..." for k, v in LIBRARY_SETS.items()))
+    parser.add_argument("work", type=Path, help="an empty (or disposable) working folder; it is emptied first")
+    parser.add_argument("--libs", nargs="+", choices=list(LIBRARY_SETS), default=list(LIBRARY_SETS),
+                        metavar="NAME", help=f"the library sets to run, in order (default: all: "
+                                             f"{' '.join(LIBRARY_SETS)})")
+    args = parser.parse_args(argv)
+    start, work = time.time(), args.work.resolve()
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    python = make_env(work)
-    before = freeze(python)
-    wheel = build_wheel(work)
-    problems = run_notebooks(python, wheel, work)
-    problems += check_packages(python, before)
-    problems += check_same_images(python, work)
-    problems += run_widget_tests(python, work)
-    problems += run_student_checks(python, work)  # last: it replaces the installed package
-    print(f"Colab-like home: {time.time() - start:.0f} s in all", flush=True)
+    wheel, student_wheel, ours = build_wheel(work), build_student_wheel(work), suite_image(work)
+    print(f"shared work (wheel, student release, reference image): {time.time() - start:.0f} s", flush=True)
+    problems = [p for name in args.libs for p in run_set(name, work / name, wheel, student_wheel, ours)]
+    print(f"Colab-like home: {time.time() - start:.0f} s in all ({', '.join(args.libs)})", flush=True)
     for p in problems:
         print("PROBLEM:", p, flush=True)
     return 1 if problems else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1]).resolve()))
+    sys.exit(main())

@@ -1,7 +1,13 @@
 """Set-up files agree with each other and with the README."""
 import re
-import tomllib
 from pathlib import Path
+
+import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: tomllib came with 3.11
+    tomllib = pytest.importorskip("tomli")
 
 ROOT = Path(__file__).resolve().parent.parent
 CONDA_NAMES = {"pytorch": "torch"}  # conda-forge name -> PyPI name
@@ -48,14 +54,41 @@ def test_no_pickle_weights_in_data():
     assert not bad
 
 
-def _colab_preinstalled() -> dict[str, str]:
-    import ast
+def _colab_library_sets() -> dict[str, dict[str, str]]:
+    """.ci/colab_home.py's LIBRARY_SETS as {set: {package: pinned version}}."""
+    import importlib.util
 
-    tree = ast.parse((ROOT / ".ci" / "colab_home.py").read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "COLAB_PREINSTALLED":
-            return {_name(e.value): e.value.split("==")[1] for e in node.value.elts}
-    raise AssertionError("COLAB_PREINSTALLED not found in .ci/colab_home.py")
+    spec = importlib.util.spec_from_file_location("colab_home", ROOT / ".ci" / "colab_home.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return {name: {_name(p): p.split("==")[1] for p in pins} for name, pins in mod.LIBRARY_SETS.items()}
+
+
+# Where the oldest set cannot pin pyproject's floor itself (checked by hand with pip: see colab_home.py)
+ABOVE_THE_FLOOR = {"tokenizers": "0.19", "pillow": "9.3"}
+
+
+def test_the_oldest_library_set_is_the_floor_pyproject_claims():
+    """The Colab-like run's oldest set pins each dependency at its lower bound's release (major.minor),
+    torch aside (the machine's CPU build), and nothing else is an exception than ABOVE_THE_FLOOR."""
+    from packaging.requirements import Requirement
+
+    oldest = _colab_library_sets()["oldest"]
+    for req in map(Requirement, tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]):
+        name = _name(req.name)
+        if name == "torch":
+            continue
+        (floor,) = [s.version for s in req.specifier if s.operator == ">="]
+        want = ABOVE_THE_FLOOR.get(name, ".".join(floor.split(".")[:2]))
+        assert name in oldest, f"the oldest library set does not pin {name} (pyproject: {req})"
+        assert ".".join(oldest[name].split(".")[:2]) == want, f"{name}: oldest set {oldest[name]}, pyproject {req}"
+
+
+def test_todays_colab_set_has_todays_colab_libraries():
+    today = _colab_library_sets()["today"]
+    assert {k: ".".join(today[k].split(".")[:2]) for k in ("numpy", "transformers", "diffusers", "ipywidgets")} \
+        == {"numpy": "2.1", "transformers": "5.15", "diffusers": "0.39", "ipywidgets": "7.7"}
+    assert today["ipywidgets"] == "7.7.1"
 
 
 def test_installing_on_colab_upgrades_nothing_colab_ships_and_adds_no_lab_tools():
@@ -64,10 +97,11 @@ def test_installing_on_colab_upgrades_nothing_colab_ships_and_adds_no_lab_tools(
     from packaging.requirements import Requirement
 
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    colab = _colab_preinstalled()
-    for req in map(Requirement, meta["dependencies"]):
-        name = _name(req.name)
-        if name in colab:
-            assert req.specifier.contains(colab[name]), f"{req} would replace Colab's {name} {colab[name]}"
+    for set_name, colab in _colab_library_sets().items():
+        for req in map(Requirement, meta["dependencies"]):
+            name = _name(req.name)
+            if name in colab:
+                assert req.specifier.contains(colab[name]), \
+                    f"{req} would replace {name} {colab[name]} of the {set_name!r} library set"
     core = {_name(r) for r in meta["dependencies"]}
     assert not core & {"jupyterlab", "nbval", "pytest", "nbclient", "nbformat", "notebook", "playwright"}
