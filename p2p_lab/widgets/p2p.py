@@ -137,7 +137,7 @@ class EditUI:
 
         if self.fixed_image is None:
             f = self.fixed
-            self.fixed_image = fixed_seed(self.pipe, self.source, self.target, seed=f.seed,
+            self.fixed_image = fixed_seed(self.pipe, self.source, self.target, seed=f.seed or 0,
                                           num_inference_steps=f.num_inference_steps,
                                           guidance_scale=f.guidance_scale)[1]
         store = AttentionStore(per_step=False)
