@@ -18,7 +18,8 @@ DDIM inversion (the pivot of every method; Song et al. 2021, run backwards), fro
 (:func:`p2p_lab.ldm.ddim_inverse_step`). Sampling back with the DDIM step (:func:`p2p_lab.ldm.ddim_step`)
 at w = w_inv would be exact if eps(z_t, t) equalled eps(z_prev, t): true only in the limit of small
 steps. Reconstructing or editing at the edit's guidance w != w_inv drifts away from the trajectory.
-The four methods (``method=``), all sampled back from z_T = z*_T:
+The four methods (``method=``; each one class of the registry ``METHODS``, a subclass of
+:class:`InversionMethod`), all sampled back from z_T = z*_T:
 
 * ``"ddim"``: nothing more; u is the empty prompt's embedding. Drifts with w (and with w_inv).
 * ``"null-text"`` (Mokady et al. 2022, arXiv 2211.09794): per step i, from the sampled-back z_bar_t (z_bar_T = z*_T),
