@@ -176,7 +176,7 @@ def plot_inversion_trajectory(w: float = 7.5):
         ax.annotate("", xy=(pivot[0][i], pivot[1][i]), xytext=(pivot[0][i] + 0.05, pivot[1][i] - 0.45),
                     arrowprops=dict(arrowstyle="-|>", color="#e69138", lw=1.3))
     ax.plot([], [], color="#e69138", lw=1.3, label="null-text / DirectInversion: pull each step back on it")
-    ax.text(pivot[0][0] + 0.25, pivot[1][0] - 0.1, "z*_0 = E(image)", ha="left", fontsize=9)
+    ax.text(pivot[0][0] + 0.3, pivot[1][0] - 0.3, "z*_0 = E(image)", ha="left", fontsize=9)
     ax.text(pivot[0][-1], pivot[1][-1] + 0.2, "z*_T (the image's noise)", ha="center", fontsize=9)
     ax.text(0.2, -0.05, "clean latent  (t = 0)", fontsize=8, color="#555555")
     ax.text(7.9, -0.05, "noise  (t = T)", fontsize=8, color="#555555", ha="right")
