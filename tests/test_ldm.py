@@ -299,3 +299,15 @@ def test_fresh_scheduler_refuses_step_counts_past_the_schedule(shipped_pipe):
     theirs = DDIMScheduler.from_config(shipped_pipe.scheduler.config)
     theirs.set_timesteps(999)
     assert torch.equal(ours.timesteps, theirs.timesteps) and int(ours.timesteps[0]) == 999
+
+
+def test_moved_names_are_one_function_each():
+    """Notebook 04 calls ldm.train_briefly, ldm.weights_fingerprint and ldm.fixed_seed_baseline; they
+    are the functions of their new modules, and ldm.attention_layers is the hook layer's."""
+    from p2p_lab import unet_attention
+
+    assert ldm.train_briefly is finetune.train_briefly and ldm.weights_fingerprint is finetune.weights_fingerprint
+    assert ldm.fixed_seed_baseline is baseline.fixed_seed_baseline
+    assert ldm.attention_layers is unet_attention.attention_layers
+    with pytest.raises(AttributeError, match="no attribute 'fixed_seed'"):
+        ldm.fixed_seed  # noqa: B018  (p2p.fixed_seed, from p2p_lab.baseline)
