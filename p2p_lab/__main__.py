@@ -40,10 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _register_extra(sub) -> None:
-    """Commands that live in other modules (release, grade, edit) register themselves here."""
+    """Commands that live in other modules (release, grade, edit, site) register themselves here."""
     import importlib
 
-    for module in ("p2p_lab.grading", "p2p_lab.p2p"):
+    for module in ("p2p_lab.grading", "p2p_lab.p2p", "p2p_lab.site"):
         try:
             mod = importlib.import_module(module)
         except ImportError:
