@@ -145,13 +145,10 @@ np.save(sys.argv[1], pipe("a red circle on a blue background", num_inference_ste
 '''
 
 
-def run_notebooks(python: Path, wheel: Path, work: Path) -> list[str]:
-    folder = work / "notebooks"
-    folder.mkdir()
-    problems = []
-    env = colab_kernel_env(work)
-    runner = work / "run_one.py"
-    runner.write_text(RUNNER)
+def colab_notebooks(wheel: Path, work: Path) -> tuple[dict[str, str], list[str]]:
+    """Every notebook with its Colab install line pointed at the wheel, read once with the wheel (so
+    that every library set runs the same notebooks as the package they were built with)."""
+    notebooks, problems = {}, []
     for src in sorted((ROOT / "notebooks").glob("*.ipynb")):
         nb = json.loads(src.read_text())
         cells = ["".join(c["source"]) for c in nb["cells"]]
@@ -161,7 +158,19 @@ def run_notebooks(python: Path, wheel: Path, work: Path) -> list[str]:
             continue
         for cell, text in zip(nb["cells"], cells):
             cell["source"] = text.replace(lines[0], str(wheel))
-        (folder / src.name).write_text(json.dumps(nb))
+        notebooks[src.name] = json.dumps(nb)
+    return notebooks, problems
+
+
+def run_notebooks(python: Path, notebooks: dict[str, str], work: Path) -> list[str]:
+    folder = work / "notebooks"
+    folder.mkdir()
+    problems = []
+    env = colab_kernel_env(work)
+    runner = work / "run_one.py"
+    runner.write_text(RUNNER)
+    for name, text in notebooks.items():
+        (folder / name).write_text(text)
     for nb in sorted(folder.glob("*.ipynb")):
         executed = work / f"executed-{nb.name}"
         run = subprocess.run([str(python), str(runner), str(nb), str(folder), str(executed)], env=env,
@@ -272,7 +281,7 @@ def run_student_checks(python: Path, work: Path, wheel: Path) -> list[str]:
     return problems
 
 
-def run_set(name: str, work: Path, wheel: Path, student_wheel: Path, ours: Path) -> list[str]:
+def run_set(name: str, work: Path, notebooks: dict[str, str], student_wheel: Path, ours: Path) -> list[str]:
     """Every check of the Colab-like home in a fresh environment with library set ``name``."""
     start = time.time()
     work.mkdir()
@@ -280,7 +289,7 @@ def run_set(name: str, work: Path, wheel: Path, student_wheel: Path, ours: Path)
     python = make_env(work, LIBRARY_SETS[name])
     before = freeze(python)
     print(f"[{name}] installed: " + ", ".join(f"{k} {before.get(k)}" for k in (*KEPT, "huggingface-hub")), flush=True)
-    problems = run_notebooks(python, wheel, work)
+    problems = run_notebooks(python, notebooks, work)
     problems += check_packages(python, before)
     problems += check_same_images(python, work, ours)
     problems += run_widget_tests(python, work)
@@ -301,9 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    wheel, student_wheel, ours = build_wheel(work), build_student_wheel(work), suite_image(work)
-    print(f"shared work (wheel, student release, reference image): {time.time() - start:.0f} s", flush=True)
-    problems = [p for name in args.libs for p in run_set(name, work / name, wheel, student_wheel, ours)]
+    wheel = build_wheel(work)
+    notebooks, problems = colab_notebooks(wheel, work)
+    student_wheel, ours = build_student_wheel(work), suite_image(work)
+    print(f"shared work (wheel, notebooks, student release, reference image): {time.time() - start:.0f} s", flush=True)
+    problems += [p for name in args.libs for p in run_set(name, work / name, notebooks, student_wheel, ours)]
     print(f"Colab-like home: {time.time() - start:.0f} s in all ({', '.join(args.libs)})", flush=True)
     for p in problems:
         print("PROBLEM:", p, flush=True)
