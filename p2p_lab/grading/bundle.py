@@ -204,13 +204,41 @@ _GRADER_README = """# p2p_lab autograder
 Local grading (from this folder):
 
     pip install -e ".[lab]"
-    python -m p2p_lab grade SUBMISSION.ipynb --json results.json
-    python -m p2p_lab grade SUBMISSIONS_DIR --json results_dir/   # one JSON per notebook
+    python -m p2p_lab.grading grade SUBMISSION.ipynb --json results.json
+    python -m p2p_lab.grading grade SUBMISSIONS_DIR --json results_dir/   # one JSON per notebook
 
 Gradescope: zip this folder's contents (setup.sh and run_autograder at the top level) and upload
 it as the autograder; `run_autograder` grades /autograder/submission into
 /autograder/results/results.json. Hidden tests: tests/hidden/hidden_<assignment>.py.
 Notebooks graded: {names}.
+
+Results: each question's result carries Gradescope's `visibility`: `{visibility}` for the hidden
+tests (set at release, `python -m p2p_lab release OUT --visibility ...`, or in run_autograder's
+`--visibility`: hidden, after_due_date, after_published or visible); a question marked
+`"public": True` in its QUESTIONS is always visible.
+
+## Memory and time to give the autograder
+
+Gradescope's default container has 0.5 CPU and 768 MB. Measured grading each notebook's master
+solution on one CPU with one torch thread (`python benchmarks/grading_memory.py` in the course
+repository: `python -m p2p_lab.grading grade`, as run_autograder runs it; peak resident memory of
+the grading parent and the grading process together, sampled every 0.1 s):
+
+| notebook | peak memory | time, one CPU (shared machine) |
+|---|---|---|
+| 01_attention | 552 MB | 19-33 s |
+| 02_cross_attention | 578 MB | 36-53 s |
+| 03_ddpm | 654 MB | 25-88 s |
+| 04_ldm_sampling | 658 MB | 48-121 s |
+| 05_prompt_to_prompt | 809 MB | 132-154 s |
+| 06_real_images | 767 MB | 142-145 s |
+
+Notebooks 01-04 fit the default 768 MB; 05 does not and 06 only just: **set the autograder's
+memory to at least 1 GB** (any CPU setting works: the grading process uses as many torch threads
+as the container's CPU quota allows, at least one). Time: half a CPU takes about twice the times
+above, and a broken submission may use the grader's own limits (ten times the master's time per
+cell, 20 minutes per submission): **set the autograder timeout to 25 minutes**, so that the grader
+always writes its results before Gradescope stops it.
 """
 
 _RUN_AUTOGRADER = """#!/usr/bin/env bash

@@ -109,8 +109,8 @@ class _Snapshot:
                 d = getattr(mod, "__dict__", None)
                 if not isinstance(d, dict):
                     continue
-                full = (name == _PACKAGE or name.startswith(_PACKAGE + ".")
-                        or name.startswith("_p2p_hidden_"))
+                full = (name == _PACKAGE or name.startswith(_PACKAGE + ".") or name == forbidding.__name__
+                        or name.startswith("_p2p_hidden_"))  # (forbid's own state too: its lists)
                 self.modules.append((mod, {k: v for k, v in d.items() if full or _restorable(v)}))
                 for v in list(d.values()):
                     if isinstance(v, type) and getattr(v, "__module__", None) == name:
