@@ -58,7 +58,7 @@ LIBRARY_SETS = {
         "numpy==1.24.4", "transformers==4.40.0", "diffusers==0.30.0", "accelerate==0.30.0",
         "tokenizers==0.19.1",  # floor 0.15: transformers 4.40 needs >= 0.19
         "safetensors==0.4.1",  # floor 0.4: transformers 4.40 needs >= 0.4.1
-        "matplotlib==3.7.0", "ipywidgets==7.6.0",
+        "matplotlib==3.8.0", "ipywidgets==7.6.0",
         "scipy==1.10.1", "scikit-image==0.21.0",
         "pillow==9.3.0",  # floor 9.0: the first release with a wheel for Python 3.11
         "tqdm==4.60.0", *RUNNER_TOOLS,
