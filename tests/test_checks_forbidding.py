@@ -36,3 +36,22 @@ def test_the_ddim_step_check_blocks_diffusers_and_the_package(shipped_pipe):
 
     result = check_ddim_step(borrowed)
     assert not result.passed and "ldm.ddim_step" in result.message
+
+
+def test_forbidding_registration_misuse_names_the_fix():
+    """p2p_lab.forbidding (below the checks and grading): wrong arguments are refused with the fix."""
+    from p2p_lab import forbidding
+
+    with pytest.raises(TypeError, match="register_namespace needs the namespace dict, got list"):
+        forbidding.register_namespace([])
+    with pytest.raises(TypeError, match="an object with a restore\\(\\) method"):
+        forbidding.restore_after_calls(object())
+    ns = {"f": len}
+    forbidding.register_namespace(ns)
+    try:
+        with pytest.raises(forbidding.ForbiddenCall, match="called builtins.len"):
+            with forbidding.forbid("builtins.len"):
+                ns["f"]([])  # replaced in the registered namespace too
+    finally:
+        forbidding.unregister_namespace(ns)
+    assert ns["f"] is len
