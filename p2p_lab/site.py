@@ -11,7 +11,7 @@ the site, so a page makes no request off the site. Needs ``pip install -e ".[sit
 
 Steps: :func:`check_out_dir` (a non-empty folder must hold a previous site's :data:`MARKER`),
 :func:`execute` (a master plus one injected cell after each widget cell, executed once and cached
-by content in ``cache_dir``), :func:`page_notebook` (student text + executed outputs + explorers),
+in ``cache_dir`` while the notebook, the package modules its kernel loaded and the model are unchanged), :func:`page_notebook` (student text + executed outputs + explorers),
 :func:`sphinx_build`, then :func:`leaks` over every page (a solution line on the site stops the
 build) and the report (build time, size).
 """
@@ -86,38 +86,55 @@ def run_copy(master):
             extra = nbformat.v4.new_code_cell(_INJECTED)
             extra.metadata["p2p_site"] = {"explorer_for": i}
             cells.append(extra)
-    nb.cells = cells
+    last = nbformat.v4.new_code_cell(_LOADED)
+    last.metadata["p2p_site"] = {"loaded": True}
+    nb.cells = cells + [last]
     for c in nb.cells:
         if c.cell_type == "code":
             c.outputs, c.execution_count = [], None
     return nb
 
 
-def _fingerprint() -> str:
-    """What an executed notebook depends on besides its own text: the package's code and the model."""
-    h = hashlib.sha256()
-    for path in sorted(PACKAGE_DIR.rglob("*.py")):
-        text = path.read_bytes()
-        if path == Path(__file__):  # of this module only what runs in the kernel: the explorers
-            text = text.split(b"# " + b"-" * 75 + b" explorers")[1].split(b"# " + b"-" * 75 + b" pages")[0]
-        h.update(str(path.relative_to(PACKAGE_DIR)).encode() + text)
+_LOADED_MIME = "application/vnd.p2p-lab.loaded+json"
+_LOADED = ("import sys as _p2p_sys\nfrom IPython.display import display as _p2p_display\n"
+           "_p2p_display({%r: sorted({m.__file__ for m in list(_p2p_sys.modules.values()) if getattr(m, '__name__', '')"
+           ".startswith('p2p_lab') and getattr(m, '__file__', None)})}, raw=True)" % _LOADED_MIME)
+
+
+def _file_hash(path: Path) -> str:
+    """A file's content hash; of this module only what runs in the kernel (the explorers)."""
+    data = path.read_bytes()
+    if path.resolve() == Path(__file__).resolve():
+        data = data.split(b"# " + b"-" * 75 + b" explorers")[1].split(b"# " + b"-" * 75 + b" pages")[0]
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _dependencies(executed) -> dict:
+    """{file: hash} of what an executed notebook depended on: the package modules its kernel
+    loaded (reported by its last cell) and the shipped model's files."""
+    loaded = [o["data"][_LOADED_MIME] for o in executed.cells[-1].get("outputs", []) if _LOADED_MIME in o.get("data", {})]
+    files = [Path(f) for f in (loaded[0] if loaded else [])]
     data = REPO_ROOT / "data" if (REPO_ROOT / "data").is_dir() else PACKAGE_DIR / "data"
-    for path in sorted(data.rglob("*")):
-        if path.is_file():
-            h.update(str(path.relative_to(data)).encode() + str(path.stat().st_size).encode())
-    return h.hexdigest()[:16]
+    files += [f for f in sorted(data.rglob("*")) if f.is_file()]
+    return {str(f): _file_hash(f) for f in files if f.exists()}
+
+
+def _still_valid(deps: dict) -> bool:
+    return bool(deps) and all(Path(f).exists() and _file_hash(Path(f)) == h for f, h in deps.items())
 
 
 def _failed_cell(nb):
-    """(master cell index, error line) of the first cell with an error output."""
+    """Where the first error output is (the master's cell index, counting from 0, markdown cells
+    included, and the cell's first line) and its error line."""
     for cell in nb.cells:
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
                 meta = cell.metadata.get("p2p_site", {})
                 index = meta.get("index", meta.get("explorer_for"))
+                first = next((line for line in cell_source(cell).splitlines() if line.strip()), "")
                 what = "the explorer computed after cell" if "explorer_for" in meta else "cell"
-                return what, index, f"{out.get('ename')}: {out.get('evalue')}"
-    return "cell", None, None
+                return f"{what} {index} (`{first.strip()[:60]}`)", f"{out.get('ename')}: {out.get('evalue')}"
+    return "a cell", None
 
 
 def execute(path: Path, cache_dir: Path | None, timeout: int = 1800, log=print):
@@ -129,11 +146,15 @@ def execute(path: Path, cache_dir: Path | None, timeout: int = 1800, log=print):
 
     master = nbformat.read(str(path), as_version=4)
     nb = run_copy(master)
-    key = hashlib.sha256((nbformat.writes(nb) + _fingerprint()).encode()).hexdigest()[:20]
+    text = json.dumps([[c.cell_type, cell_source(c)] for c in nb.cells])  # not the cells' random ids
+    key = hashlib.sha256(text.encode()).hexdigest()[:20]
     cached = cache_dir / f"{path.stem}-{key}.ipynb" if cache_dir else None
     if cached is not None and cached.exists():
-        log(f"  {path.name}: executed copy reused from {cached.parent}")
-        return nbformat.read(str(cached), as_version=4), 0.0
+        done = nbformat.read(str(cached), as_version=4)
+        if _still_valid(done.metadata.get("p2p_site_dependencies", {})):
+            log(f"  {path.name}: executed copy reused from {cached.parent} (the notebook, the package "
+                f"modules it loaded and the model are unchanged)")
+            return done, 0.0
     log(f"  {path.name}: executing on the shipped model...")
     start = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "MPLBACKEND": "Agg"}
@@ -144,11 +165,12 @@ def execute(path: Path, cache_dir: Path | None, timeout: int = 1800, log=print):
         try:
             client.execute(env=env, cwd=cwd)
         except (CellExecutionError, CellTimeoutError) as err:
-            what, index, line = _failed_cell(nb)
+            where, line = _failed_cell(nb)
             line = line or str(err).strip().splitlines()[-1]
-            raise SiteError(f"{path.name}, {what} {index}: failed while executing: {line}. Fix the "
+            raise SiteError(f"{path.name}, {where}: failed while executing: {line}. Fix the "
                             f"notebook (run it in Jupyter to see the traceback), then build again") from None
     seconds = time.perf_counter() - start
+    nb.metadata["p2p_site_dependencies"] = _dependencies(nb)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         for old in cached.parent.glob(f"{path.stem}-*.ipynb"):
@@ -434,7 +456,7 @@ def course_map(masters: list[Path]) -> str:
         nb = nbformat.read(str(path), as_version=4)
         opening = "\n".join(cell_source(c) for c in nb.cells[:3] if c.cell_type == "markdown")
         learn = re.search(r"\*\*What you will learn\*\*\s*\n(.*?)(?:\n\s*\n|\n\*\*)", opening, re.S)
-        bullets = [b.strip(" -*;.") for b in re.findall(r"^\s*[-*] (.+)$", learn.group(1), re.M)] if learn else []
+        bullets = [b.strip().rstrip(";.") for b in re.findall(r"^\s*[-*] (.+)$", learn.group(1), re.M)] if learn else []
         when = re.search(r"\*\*Time:\*\*\s*([^.*]+)", opening)
         page = f"{path.stem}.md"
         rows.append(f"### [{_first_heading(nb)}]({page})\n\n"
@@ -578,19 +600,25 @@ def sphinx_build(src: Path, build: Path) -> None:
 
 def solution_lines(masters: list[Path], min_length: int = 24) -> set[str]:
     """Every line between the solution markers of the masters that is long enough to be telling
-    (``min_length`` characters, comments aside): the release's leak scan (tests/test_grading.py)."""
+    (``min_length`` characters, comments aside): the release's leak scan (tests/test_grading.py);
+    less the lines the student version shows anyway (a solution may repeat a line of the text)."""
     import nbformat
 
-    lines = set()
+    from .grading.bundle import student_notebook
+
+    lines, public = set(), []
     for path in masters:
-        for cell in nbformat.read(str(path), as_version=4).cells:
+        nb = nbformat.read(str(path), as_version=4)
+        for cell in nb.cells:
             inside = False
             for line in cell_source(cell).split("\n"):
                 if line.strip() in (BEGIN, END):
                     inside = line.strip() == BEGIN
                 elif inside and len(line.strip()) >= min_length and not line.strip().startswith("#"):
                     lines.add(line.strip())
-    return lines
+        public += [cell_source(c) for c in student_notebook(nb, path.name).cells]
+    public_text = "\n".join(public)
+    return {line for line in lines if line not in public_text}
 
 
 def page_text(raw: str) -> str:
@@ -641,8 +669,8 @@ def build_site(out, notebooks_dir=None, cache_dir: Path | str | None = DEFAULT_C
     """Build the course site into ``out`` (see the module's docstring); returns a :class:`SiteReport`.
 
     ``notebooks_dir``: the master notebooks (default ``notebooks/``). ``cache_dir``: where executed
-    notebooks are kept, keyed by the notebook's text, the package's code and the model (None: no
-    cache). ``timeout``: seconds per cell. ``repo``: the GitHub owner/name the Colab badges open
+    notebooks are kept and reused while the notebook's text, the package modules its kernel loaded
+    and the model's files are unchanged (None: no cache). ``timeout``: seconds per cell. ``repo``: the GitHub owner/name the Colab badges open
     (default ``p2p_lab.COLAB_REPO``).
     """
     import nbformat
