@@ -103,3 +103,77 @@ def test_check_reports_a_stub_and_a_crash(check, capsys):
 def test_edit_switch_rejects_a_non_tensor():
     result = C.check_edit_switch(lambda A_t, A_star_t, t, tau: "A_t")
     assert not result.passed and "one of the two attention tensors" in result.message
+
+
+# ---------------------------------------------------------------- the editing processor (notebook 05)
+
+class _Processor:
+    """An editing processor written apart from the check's reference (per head, with einsum);
+    ``mistake`` makes it wrong in one of the ways students are."""
+
+    mistake = None
+
+    def __init__(self, M, alpha):
+        self.M, self.alpha, self.step = M, alpha, 0
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
+        ctx = encoder_hidden_states
+        q, k, v = (attn.head_to_batch_dim(f(x)) for f, x in ((attn.to_q, hidden_states), (attn.to_k, ctx), (attn.to_v, ctx)))
+        b, h = hidden_states.shape[0], attn.heads
+        probs = torch.einsum("bpd,btd->bpt", q, k).mul(attn.scale).softmax(-1)
+        A = (probs.reshape(h, b, *probs.shape[1:]).transpose(0, 1) if self.mistake == "head_major"
+             else probs.reshape(b, h, *probs.shape[1:])).clone()
+        start = 1 if self.mistake == "uncond_edited" else b // 2 + 1
+        for row in range(start, b):
+            if row == b // 2:
+                continue
+            src = A[0] if row < b // 2 else A[b // 2]
+            t = (row - 1) if row < b // 2 else row - b // 2 - 1
+            a = self.alpha[t, self.step]
+            A[row] = a * torch.einsum("hpi,ij->hpj", src, self.M[t]) + (1 - a) * A[row]
+        A = A.transpose(0, 1).reshape(probs.shape) if self.mistake == "head_major" else A.reshape(probs.shape)
+        return attn.to_out[1](attn.to_out[0](attn.batch_to_head_dim(A @ v)))
+
+
+def test_edit_processor_check_passes_an_independent_solution():
+    assert C.check_edit_processor(_Processor).passed
+
+
+@pytest.mark.parametrize("mistake", ["uncond_edited", "head_major"])
+def test_edit_processor_check_names_a_written_mistake(mistake, capsys):
+    wrong = type("Wrong", (_Processor,), {"mistake": mistake})
+    result = C.check_edit_processor(wrong)
+    assert not result.passed and result.mistake == mistake, result.message
+    assert "hint" in capsys.readouterr().out
+
+
+def test_edit_processor_check_reports_a_stub():
+    class Stub(_Processor):
+        def __call__(self, *args, **kwargs):
+            raise NotImplementedError
+    result = C.check_edit_processor(Stub)
+    assert not result.passed and "not implemented" in result.message
+
+
+def test_a_word_swap_through_the_processor_equals_the_engine():
+    """Algorithm 1 with M and alpha in the student's processor = p2p.edit with self-attention and
+    the kept context off (two targets: a one-token swap and a two-token word, batched)."""
+    import numpy as np
+
+    from p2p_lab import p2p
+    from p2p_lab.checks._core import check_pipeline
+
+    pipe = check_pipeline()
+    src, targets = "a red circle on a blue background", ["a red square on a blue background",
+                                                         "a turquoise circle on a blue background"]
+    mine = C.run_edit_processor(pipe, src, targets, _Processor, cross_tau=0.6, seed=3, num_inference_steps=4)
+    engine = p2p.edit(pipe, src, targets, cross_tau=0.6, self_tau=0.0, context_tau=0.0, seed=3, num_inference_steps=4)
+    assert np.abs(mine - engine.images).max() < 1e-4
+
+
+def test_run_edit_processor_refuses_an_insertion():
+    from p2p_lab.checks._core import check_pipeline
+
+    with pytest.raises(ValueError, match="word swaps"):
+        C.run_edit_processor(check_pipeline(), "a red circle on a blue background",
+                             "a big red circle on a blue background", _Processor, num_inference_steps=2)

@@ -21,6 +21,7 @@ from ._core import CheckResult, Mistake, answer, check_pipeline, run_check
 
 __all__ = ["check_edit_switch", "check_replace_mapper", "check_alpha_blend", "check_reweight",
            "check_build_mapper", "check_alignment_table", "check_blend_mask", "check_map_recorder",
+           "check_edit_processor", "run_edit_processor",
            "edit_switch", "apply_mapper", "alpha_blend", "reweight", "run_edit_switch"]
 
 # The package's own implementations of what notebook 05 asks, per exercise: blocked while a
@@ -37,6 +38,8 @@ FORBIDDEN = {
     "blend_mask": ("p2p_lab.p2p.blend.word_mask", "p2p_lab.p2p.blend.BlendState.mask"),
     "MapRecorder": ("p2p_lab.unet_attention.attention_probs", "p2p_lab.unet_attention.attend_all",
                     "p2p_lab.attention.record_cross_attention", "p2p_lab.p2p.record_maps"),
+    "EditProcessor": (_EQ + "edited_maps", _EQ + "value_maps", _EQ + "fused_edit", "p2p_lab.unet_attention.attention_probs",
+                      "p2p_lab.unet_attention.attend_all", "p2p_lab.p2p.controls.EditPlan.edit_cross"),
 }
 
 
@@ -526,3 +529,162 @@ def _report(name: str, passed: bool, message: str) -> CheckResult:
     result = CheckResult(name, passed, message)
     print(result)
     return result
+
+
+# ------------------------------------------------------------------ the editing processor (Algorithm 1 with M and alpha)
+
+def _attention_module(seed: int, heads: int, dim_head: int = 4, query_dim: int = 8, context_dim: int = 6):
+    """A diffusers cross-attention layer with weights drawn from ``seed`` (each parameter filled in
+    name order from one CPU generator, so the weights do not depend on diffusers' initialisation)."""
+    from diffusers.models.attention_processor import Attention
+
+    attn = Attention(query_dim=query_dim, cross_attention_dim=context_dim, heads=heads, dim_head=dim_head)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in sorted(attn.named_parameters()):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return attn.eval()
+
+
+def processor_cases(seed: int = 0) -> list[dict]:
+    """Seeded batches as the sampling loop makes them: (1 + T) unconditional rows, then the source's
+    conditional row and T targets'; M (T, L, L) a mapper, alpha (T, steps, L) in [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    cases = []
+    for n_targets, heads, n_pix, n_tok, step in ((1, 2, 5, 4, 1), (2, 3, 6, 5, 2)):
+        batch = 2 * (1 + n_targets)
+        M = torch.rand(n_targets, n_tok, n_tok, generator=g)  # any mapper: the rules apply to every M
+        cases.append(dict(hidden=torch.randn(batch, n_pix, 8, generator=g),
+                          context=torch.randn(batch, n_tok, 6, generator=g), M=M,
+                          alpha=torch.rand(n_targets, 3, n_tok, generator=g), step=step, heads=heads,
+                          weight_seed=seed + n_targets))
+    return cases
+
+
+@answer
+def _processor_reference(hidden, context, M, alpha, step, heads, weight_seed):
+    """The edited layer's output, from the formulas: A = softmax(Q K^T / sqrt(d)) per row and head;
+    the targets' conditional rows attend with alpha_t (.) (A_src M) + (1 - alpha_t) (.) A*; the rest as usual."""
+    attn = _attention_module(weight_seed, heads)
+    with torch.no_grad():
+        b, d = hidden.shape[0], attn.to_q.out_features // heads
+        split = lambda x: x.reshape(b, x.shape[1], heads, d).permute(0, 2, 1, 3)  # noqa: E731 (b, h, n, d)
+        q, k, v = split(attn.to_q(hidden)), split(attn.to_k(context)), split(attn.to_v(context))
+        A = torch.softmax(q @ k.transpose(-1, -2) / d ** 0.5, dim=-1)  # (b, h, n_pix, L)
+        u, a = b // 2, alpha[:, step][:, None, None, :]  # a: (T, 1, 1, L)
+        A_src = A[u:u + 1]  # (1, h, n_pix, L): the source's conditional row
+        A = torch.cat([A[:u + 1], a * (A_src @ M[:, None]) + (1 - a) * A[u + 1:]])
+        out = (A @ v).permute(0, 2, 1, 3).reshape(b, hidden.shape[1], heads * d)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def _processor_wrong(uncond=False, head_major=False, no_alpha=False, alpha_swapped=False,
+                     transpose=False, source_edited=False, first_row=False):
+    """The editing processor with one typical mistake (see check_edit_processor's hints)."""
+    @answer
+    def compute(hidden, context, M, alpha, step, heads, weight_seed):
+        attn = _attention_module(weight_seed, heads)
+        with torch.no_grad():
+            b, d = hidden.shape[0], attn.to_q.out_features // heads
+            split = lambda x: x.reshape(b, x.shape[1], heads, d).permute(0, 2, 1, 3)  # noqa: E731
+            q, k, v = split(attn.to_q(hidden)), split(attn.to_k(context)), split(attn.to_v(context))
+            A = torch.softmax(q @ k.transpose(-1, -2) / d ** 0.5, dim=-1)  # (b, h, n_pix, L)
+            if head_major:  # the batch-major rows (b * heads + h) read as (heads, batch)
+                A = A.reshape(heads, b, *A.shape[2:]).transpose(0, 1)
+            u = b // 2
+            n_t = M.shape[0]
+            a = alpha[:, step][:, None, None, :]
+            a = torch.ones_like(a) if no_alpha else (1 - a) if alpha_swapped else a
+            Mx = M.transpose(-1, -2) if transpose else M
+            src_row = 0 if first_row else u
+            A_src = A[src_row:src_row + 1]
+            edited = a * (A_src @ Mx[:, None]) + (1 - a) * A[u + 1:]
+            rows = [A[:u + 1], edited]
+            if uncond:  # the unconditional targets edited with the unconditional source's maps
+                rows = [A[:1], a * (A[:1] @ Mx[:, None]) + (1 - a) * A[1:u], A[u:u + 1], edited]
+            A = torch.cat(rows)
+            if source_edited:  # the source's own row mapped as well
+                A[u] = A[u] @ Mx[0]
+            if head_major:
+                A = A.transpose(0, 1).reshape(b, heads, *A.shape[2:])
+            out = (A @ v).permute(0, 2, 1, 3).reshape(b, hidden.shape[1], heads * d)
+            return attn.to_out[1](attn.to_out[0](out))
+    return compute
+
+
+def check_edit_processor(processor_cls) -> CheckResult:
+    """Check an editing attention processor class ``processor_cls(M, alpha)`` (its ``step`` set
+    before each call): on seeded layers and batches, the output must be the layer's with the
+    targets' conditional rows attending with alpha_t (.) (A M) + (1 - alpha_t) (.) A*."""
+    def student(hidden, context, M, alpha, step, heads, weight_seed):
+        if not callable(processor_cls):
+            raise TypeError(f"pass the class EditProcessor itself, not {type(processor_cls).__name__}")
+        proc = processor_cls(M.clone(), alpha.clone())
+        proc.step = step
+        with torch.no_grad():
+            return proc(_attention_module(weight_seed, heads), hidden.clone(), encoder_hidden_states=context.clone())
+
+    w = _processor_wrong
+    mistakes = (
+        Mistake("uncond_edited", w(uncond=True),
+                "you edited the unconditional half too: diffusers' batch is cat([unconditional rows, conditional "
+                "rows]); leave the first batch // 2 rows as they are and edit only the targets of the second half"),
+        Mistake("head_major", w(head_major=True),
+                "the heads are mixed up: attn.head_to_batch_dim puts each batch row's heads next to each other "
+                "(row b * heads + h); reshape the probabilities to (batch, heads, n_pixels, n_tokens), not (heads, batch, ...)"),
+        Mistake("source_row", w(first_row=True),
+                "you took row 0 as the source: that is the unconditional source; the source's conditional row is "
+                "row batch // 2, the first of the second half"),
+        Mistake("no_alpha", w(no_alpha=True),
+                "the targets attend with A M alone: blend with alpha of this step, alpha[:, self.step] (one weight per "
+                "target and token): alpha (.) A M + (1 - alpha) (.) A*"),
+        Mistake("alpha_swapped", w(alpha_swapped=True),
+                "alpha and 1 - alpha are swapped: alpha = 1 means the source's (mapped) map, 0 the target's own"),
+        Mistake("transposed", w(transpose=True),
+                "the mapper is transposed: A_hat = A M with M[i, j] the weight of source token i in target token j "
+                "(A @ M, not A @ M.T)"),
+        Mistake("source_edited", w(source_edited=True),
+                "you changed the source's row: the source attends with its own maps; only the target rows are edited"),
+    )
+    return run_check("edit_processor", student, _processor_reference, processor_cases(), mistakes, atol=1e-5,
+                     forbidden=FORBIDDEN["EditProcessor"])
+
+
+def _edit_plan(pipe, source: str, targets: list[str], cross_tau, num_steps: int):
+    from ..p2p.controls import build_plan
+
+    return build_plan(pipe.tokenizer, source, targets, cross_tau=cross_tau, self_tau=0.0, num_steps=num_steps)
+
+
+def run_edit_processor(pipe, source: str, targets, processor_cls, *, cross_tau=0.8, seed: int = 0,
+                       num_inference_steps: int = 10, guidance_scale: float | None = None):
+    """A word swap sampled with YOUR processor: ``processor_cls(M, alpha)`` built from the engine's
+    mapper and alpha schedule (M (T, L, L), alpha (T, steps, L)), installed on every cross-attention
+    layer, its ``step`` set before each UNet call; the self-attention layers run as usual. Source
+    and targets share z_T. Returns images (1 + T, H, W, 3): compare with
+    ``p2p.edit(pipe, source, targets, cross_tau=..., self_tau=0, context_tau=0)``."""
+    from ..p2p.sampling import images as decode, prompt_list, resolve_run, run_loop
+    from ..unet_attention import cross_attention_layers
+
+    targets = prompt_list(targets, "targets")
+    run = resolve_run(pipe, seed, num_inference_steps, guidance_scale)
+    plan = _edit_plan(pipe, source, targets, cross_tau, run.num_steps)
+    if set(plan.modes) != {"replace"}:
+        raise ValueError(f"run_edit_processor runs word swaps (the same number of words in source and target); "
+                         f"{targets!r} has a refinement: use p2p.edit for insertions")
+    proc = processor_cls(plan.M.clone(), plan.alpha.clone())
+    proc.step = 0
+    modules = [pipe.unet.get_submodule(name) for name in cross_attention_layers(pipe.unet)]
+    original = [m.processor for m in modules]
+
+    def next_step(i, z):
+        proc.step = i + 1
+        return z
+
+    for m in modules:
+        m.set_processor(proc)
+    try:
+        return decode(pipe, run_loop(pipe, [source, *targets], run, on_step=next_step))
+    finally:
+        for m, p in zip(modules, original):
+            m.set_processor(p)

@@ -20,6 +20,7 @@ QUESTIONS = {
     "p2p_alignment_table": {"points": 3.0, "name": "alignment_table"},
     "p2p_reweight": {"points": 2.0, "name": "reweight_attention"},
     "p2p_blend_mask": {"points": 3.0, "name": "blend_mask"},
+    "p2p_edit_processor": {"points": 5.0, "name": "EditProcessor"},
 }
 
 from p2p_lab.checks.p2p import FORBIDDEN as PUBLIC  # noqa: E402  (the public checks block the same calls)
@@ -176,3 +177,38 @@ def test_p2p_map_recorder(ns):
                                 ("a small blue square on a red background", 3, 11)):
         result = check_map_recorder(cls, prompt, steps, seed, forbidden=forbidden)
         assert result.passed, result.message
+
+
+def test_p2p_edit_processor(ns):
+    """Other seeded layers and batches (three targets, more heads), then a word swap of two targets
+    sampled through the student's processor against the engine's edit (computed outside forbid)."""
+    import numpy as np
+
+    from p2p_lab import p2p
+    from p2p_lab.checks._core import check_pipeline
+    from p2p_lab.checks.p2p import _attention_module, _processor_reference, processor_cases, run_edit_processor
+
+    cls = student_function(ns, "EditProcessor")
+    forbidden = PUBLIC["EditProcessor"] + ("p2p_lab.checks.p2p._processor_reference", "p2p_lab.p2p.edit.edit")
+    g = torch.Generator().manual_seed(505)
+    cases = processor_cases(seed=9) + [dict(hidden=torch.randn(8, 7, 8, generator=g), context=torch.randn(8, 6, 6, generator=g),
+                                            M=torch.rand(3, 6, 6, generator=g), alpha=torch.rand(3, 4, 6, generator=g),
+                                            step=3, heads=4, weight_seed=41)]
+
+    def student(hidden, context, M, alpha, step, heads, weight_seed):
+        def run(M, alpha):
+            proc = cls(M, alpha)
+            proc.step = step
+            with torch.no_grad():
+                return proc(_attention_module(weight_seed, heads), hidden.clone(), encoder_hidden_states=context.clone())
+        return call_student(run, forbidden, M, alpha)
+
+    _assert_passes("edit_processor", student, _processor_reference, cases, atol=1e-5)
+    pipe = check_pipeline()
+    source, targets = "a green triangle on a yellow background", ["a green square on a yellow background",
+                                                                   "a green triangle on a turquoise background"]
+    run = dict(cross_tau=0.7, seed=12, num_inference_steps=4)
+    engine = p2p.edit(pipe, source, targets, self_tau=0.0, context_tau=0.0, **run).images
+    mine = call_student(run_edit_processor, forbidden, pipe, source, targets, cls, **run)
+    diff = float(np.abs(np.asarray(mine) - engine).max())
+    assert diff < 1e-4, f"a word swap through your EditProcessor differs from p2p.edit by {diff:.3g} (pixels in [0, 1])"
