@@ -147,9 +147,12 @@ np.save(sys.argv[1], pipe("a red circle on a blue background", num_inference_ste
 
 def colab_notebooks(wheel: Path, work: Path) -> tuple[dict[str, str], list[str]]:
     """Every notebook with its Colab install line pointed at the wheel, read once with the wheel (so
-    that every library set runs the same notebooks as the package they were built with)."""
+    that every library set runs the same notebooks as the package they were built with); the
+    masters as they were, in ``work/masters``, for the student version's checks."""
     notebooks, problems = {}, []
+    (work / "masters").mkdir()
     for src in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        (work / "masters" / src.name).write_text(src.read_text())
         nb = json.loads(src.read_text())
         cells = ["".join(c["source"]) for c in nb["cells"]]
         lines = [m for text in cells for m in INSTALL_LINE.findall(text)]
@@ -265,10 +268,10 @@ def build_student_wheel(work: Path) -> Path:
     return wheel
 
 
-def run_student_checks(python: Path, work: Path, wheel: Path) -> list[str]:
+def run_student_checks(python: Path, work: Path, wheel: Path, masters: Path) -> list[str]:
     sh(python, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", wheel)
     (work / "student-checks").mkdir()
-    run = subprocess.run([str(python), "-c", STUDENT_CHECKS, str(ROOT / "notebooks")], cwd=work / "student-checks",
+    run = subprocess.run([str(python), "-c", STUDENT_CHECKS, str(masters)], cwd=work / "student-checks",
                          capture_output=True, text=True, env=dict(os.environ, MPLBACKEND="Agg"))
     if run.returncode != 0:
         return [f"the student version's checks did not run:\n{run.stderr[-3000:]}"]
@@ -293,7 +296,7 @@ def run_set(name: str, work: Path, notebooks: dict[str, str], student_wheel: Pat
     problems += check_packages(python, before)
     problems += check_same_images(python, work, ours)
     problems += run_widget_tests(python, work)
-    problems += run_student_checks(python, work, student_wheel)  # last: it replaces the installed package
+    problems += run_student_checks(python, work, student_wheel, work.parent / "masters")  # last: replaces the package
     print(f"[{name}] {time.time() - start:.0f} s, {len(problems)} problem(s)", flush=True)
     return [f"[{name}] {p}" for p in problems]
 
