@@ -527,19 +527,3 @@ def seconds_per_image(pipe, num_inference_steps: int, prompt: str = "a red circl
     out = sample(pipe, prompt, seed, num_inference_steps, guidance_scale, progress=False)
     out.images.cpu()  # waits for the GPU
     return time.perf_counter() - start
-
-
-# ---------------------------------------------------------------- moved elsewhere
-
-# Notebook 04 still calls these as ldm.<name> (cells 43, 44: train_briefly, weights_fingerprint;
-# cell 46: fixed_seed_baseline); they live in p2p_lab.finetune and p2p_lab.baseline now.
-_MOVED = {"train_briefly": "finetune", "weights_fingerprint": "finetune", "fixed_seed_baseline": "baseline"}
-
-
-def __getattr__(name: str):
-    """A name that moved out of ldm (``_MOVED``), found in its new module."""
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from . import shapes
+from .ddpm import add_noise
 from .model import (ModelConfig, assemble_pipeline, build_scheduler, build_text_encoder,
                     build_unet, build_vae, save_pipeline)
 from .unet_attention import Control, attend_all, hooked
@@ -488,8 +489,7 @@ def forward_noise(z0, abar, g):
     t = torch.randint(0, len(abar), (z0.shape[0],), generator=g)  # (b,)
     eps = torch.randn(z0.shape, generator=g)  # (b, C, h, w)
     z0, eps, t = z0.to(abar.device), eps.to(abar.device), t.to(abar.device)
-    a = abar[t].view(-1, 1, 1, 1)  # (b, 1, 1, 1)
-    return a.sqrt() * z0 + (1 - a).sqrt() * eps, t, eps
+    return add_noise(z0, eps, abar[t].view(-1, 1, 1, 1)), t, eps  # abar_t: (b, 1, 1, 1)
 
 
 def train_ldm(cfg: TrainConfig, mcfg: ModelConfig, tokenizer, lat, data, vae, accelerator):

@@ -301,13 +301,12 @@ def test_fresh_scheduler_refuses_step_counts_past_the_schedule(shipped_pipe):
     assert torch.equal(ours.timesteps, theirs.timesteps) and int(ours.timesteps[0]) == 999
 
 
-def test_moved_names_are_one_function_each():
-    """Notebook 04 calls ldm.train_briefly, ldm.weights_fingerprint and ldm.fixed_seed_baseline; they
-    are the functions of their new modules, and ldm.attention_layers is the hook layer's."""
+def test_moved_names_live_in_one_module_each():
+    """Training helpers live in p2p_lab.finetune and the fixed-seed baseline in p2p_lab.baseline (notebook
+    04 calls them there); ldm keeps no second name for them, and ldm.attention_layers is the hook layer's."""
     from p2p_lab import unet_attention
 
-    assert ldm.train_briefly is finetune.train_briefly and ldm.weights_fingerprint is finetune.weights_fingerprint
-    assert ldm.fixed_seed_baseline is baseline.fixed_seed_baseline
+    for name in ("train_briefly", "weights_fingerprint", "fixed_seed_baseline", "fixed_seed"):
+        assert not hasattr(ldm, name), name
+    assert callable(finetune.train_briefly) and callable(baseline.fixed_seed_baseline)
     assert ldm.attention_layers is unet_attention.attention_layers
-    with pytest.raises(AttributeError, match="no attribute 'fixed_seed'"):
-        ldm.fixed_seed  # noqa: B018  (p2p.fixed_seed, from p2p_lab.baseline)
