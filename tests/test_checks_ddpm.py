@@ -291,3 +291,20 @@ def test_hidden_tests_fail_wrong_and_borrowed_solutions():
             test({name: borrowed[question]})
     with pytest.raises(AssertionError, match="does not define"):
         hidden.test_q_sample({})
+
+
+@pytest.mark.forbidding
+def test_the_package_formula_helpers_are_blocked_in_the_exercises():
+    """ddpm.add_noise and ddpm.x0_from_noise are the package's own Property 1 / Option C: a q_sample or
+    x0_from_eps that only calls them borrows the answer, and the check says so."""
+    from p2p_lab import ddpm
+    from p2p_lab.checks import check_q_sample, check_x0_from_eps
+    def q_borrowed(x_0, t, eps, sched):
+        return ddpm.add_noise(x_0, eps, ddpm.gather(sched.abar, t, x_0))
+
+    def x0_borrowed(x_t, t, eps, sched):
+        return ddpm.x0_from_noise(x_t, eps, ddpm.gather(sched.abar, t, x_t))
+
+    for check, fn, name in ((check_q_sample, q_borrowed, "add_noise"), (check_x0_from_eps, x0_borrowed, "x0_from_noise")):
+        res = check(fn)
+        assert not res.passed and name in res.message and "blocks that call" in res.message, res.message

@@ -18,9 +18,9 @@ __all__ = ["check_q_sample", "check_posterior_coefficients", "check_x0_from_eps"
 # The package's (and diffusers') own implementations of what notebook 03 asks, per exercise:
 # blocked while a student's function runs, in the public checks and in the grader's hidden tests.
 FORBIDDEN = {
-    "q_sample": ("p2p_lab.ddpm.q_sample", "diffusers.DDPMScheduler.add_noise"),
+    "q_sample": ("p2p_lab.ddpm.q_sample", "p2p_lab.ddpm.add_noise", "diffusers.DDPMScheduler.add_noise"),
     "posterior_coefficients": ("p2p_lab.ddpm.posterior_coefficients",),
-    "x0_from_eps": ("p2p_lab.ddpm.x0_from_eps", "diffusers.DDPMScheduler.step"),
+    "x0_from_eps": ("p2p_lab.ddpm.x0_from_eps", "p2p_lab.ddpm.x0_from_noise", "diffusers.DDPMScheduler.step"),
     "mean_from_eps": ("p2p_lab.ddpm.mean_from_eps", "p2p_lab.ddpm.posterior_mean", "p2p_lab.ddpm.reverse_step",
                       "diffusers.DDPMScheduler.step"),
     "reverse_step": ("p2p_lab.ddpm.reverse_step", "p2p_lab.ddpm.sample_chain", "diffusers.DDPMScheduler.step"),

@@ -22,8 +22,8 @@ _PIPELINE_CALL = "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion
 # blocked while a student's function runs, in the public checks and in the grader's hidden tests.
 FORBIDDEN = {
     "guidance": ("p2p_lab.ldm.guidance", "p2p_lab.ldm.guided_eps"),
-    "ddim_step": ("p2p_lab.ldm.ddim_step", "p2p_lab.ldm.ddim_inverse_step",
-                  "diffusers.schedulers.scheduling_ddim.DDIMScheduler.step"),
+    "ddim_step": ("p2p_lab.ldm.ddim_step", "p2p_lab.ldm.ddim_inverse_step", "p2p_lab.ddpm.add_noise",
+                  "p2p_lab.ddpm.x0_from_noise", "diffusers.schedulers.scheduling_ddim.DDIMScheduler.step"),
     "sampling_step": ("p2p_lab.ldm.sampling_step", "p2p_lab.ldm.denoise_step", "p2p_lab.ldm.guided_eps",
                       "p2p_lab.ldm.sample"),
     "sample": ("p2p_lab.ldm.sample", "p2p_lab.ldm.denoise", "p2p_lab.ldm.decode", "p2p_lab.ldm.initial_latents",
