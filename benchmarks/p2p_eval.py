@@ -13,9 +13,9 @@ and the output says how many that was. Metrics per method:
 
 Mask-based editing gets the true mask: the source object's mask (as read from the image) dilated
 by ``--dilate`` pixels for object edits, the background (outside it) for background edits.
-"p2p" is the engine at the model's defaults (for the shipped model that includes ``context_tau``:
-the target's unchanged tokens keep the source's text embeddings for the first part of the steps);
-"p2p_paper" is the same edit with ``context_tau=0``, the paper's method as published.
+"p2p" is the engine with ``--context-tau`` (default 0.5: the target's unchanged tokens keep the
+source's text embeddings for the first half of the steps, the course's opt-in addition);
+"p2p_paper" is the same edit with ``context_tau=0``, the engine's default and the paper's method.
 Three sweeps rerun P2P with the source cached: over cross_tau, over context_tau, and over the
 swapped word's own cross_tau with the other tokens at ``--cross-tau`` (``word_tau_sweep``: the
 per-word alpha of the paper, which frees the new word early so that it can draw its own outline).
@@ -139,8 +139,8 @@ def parse(argv=None):
     p.add_argument("--guidance", type=float, default=None, help="default: the model's (p2p_lab.model.sampling_defaults)")
     p.add_argument("--cross-tau", type=float, default=0.8)
     p.add_argument("--self-tau", type=float, default=0.4)
-    p.add_argument("--context-tau", type=float, default=None,
-                   help="default: the model's (p2p_lab.model.sampling_defaults)")
+    p.add_argument("--context-tau", type=float, default=0.5,
+                   help="context_tau of the 'p2p' method (the 'p2p_paper' method uses 0, the engine's default)")
     p.add_argument("--sweep", default="0,0.4,0.8,1.0", help="cross_tau values (self_tau = min(self_tau, tau))")
     p.add_argument("--context-sweep", default="0,0.25,0.5,1.0", help="context_tau values")
     p.add_argument("--word-sweep", default="0.2,0.4,0.6",
@@ -163,7 +163,7 @@ def parse(argv=None):
 def main(argv=None, pipe=None) -> dict:
     import torch
 
-    from p2p_lab.model import load_pipeline, sampling_defaults
+    from p2p_lab.model import load_pipeline
 
     args = parse(argv)
     if args.threads:
@@ -185,8 +185,7 @@ def main(argv=None, pipe=None) -> dict:
     result = aggregate(per_kind, sweep, tried, args.all_sources)
     result["settings"] = {"seeds": args.seeds, "all_sources": args.all_sources, "steps": args.steps, "guidance": args.guidance,
                           "cross_tau": args.cross_tau, "self_tau": args.self_tau,
-                          "context_tau": args.context_tau if args.context_tau is not None else
-                          sampling_defaults(pipe).context_tau,
+                          "context_tau": args.context_tau,
                           "dilate": args.dilate, "seconds": round(time.time() - t0, 1)}
     report(result)
     return result

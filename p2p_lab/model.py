@@ -145,13 +145,10 @@ def save_pipeline(pipe, folder: str | os.PathLike) -> Path:
 class SamplingDefaults:
     num_inference_steps: int
     guidance_scale: float
-    # Prompt-to-Prompt: the fraction of steps in which a target's unchanged tokens keep the source's
-    # text embeddings (p2p_lab.p2p.edit's ``context_tau``; its docstring says why)
-    context_tau: float = 0.0
 
 
-SHAPES_DEFAULTS = SamplingDefaults(num_inference_steps=20, guidance_scale=4.0, context_tau=0.5)
-SD_DEFAULTS = SamplingDefaults(num_inference_steps=50, guidance_scale=7.5, context_tau=0.0)
+SHAPES_DEFAULTS = SamplingDefaults(num_inference_steps=20, guidance_scale=4.0)
+SD_DEFAULTS = SamplingDefaults(num_inference_steps=50, guidance_scale=7.5)
 
 
 def is_shapes_model(pipe) -> bool:
@@ -161,9 +158,8 @@ def is_shapes_model(pipe) -> bool:
 
 def sampling_defaults(pipe) -> SamplingDefaults:
     """Default steps and guidance: 20 DDIM steps at guidance 4 for the shipped model, SD's 50 / 7.5
-    otherwise; and for how many steps Prompt-to-Prompt keeps the unchanged tokens' context (``context_tau``:
-    0 for Stable Diffusion, as in the paper; 0.5 for the shipped model, which was trained with decoy
-    contexts (``p2p_lab.train.decoy_caption``) and edits best so in ``benchmarks/p2p_eval.py``)."""
+    otherwise. (Prompt-to-Prompt's own settings default to the paper's for every model: see
+    :class:`p2p_lab.p2p.options.EditOptions`.)"""
     return SHAPES_DEFAULTS if is_shapes_model(pipe) else SD_DEFAULTS
 
 

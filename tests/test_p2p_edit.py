@@ -91,16 +91,15 @@ def test_context_tau_feeds_the_kept_embeddings_to_the_unet(shipped_pipe):
         edit(shipped_pipe, S, T2, context_tau=1.5)
 
 
-def test_context_tau_default_comes_from_the_model(shipped_pipe, sd_like_pipe, monkeypatch):
-    from p2p_lab import model
+def test_the_defaults_are_the_papers_and_context_tau_is_opt_in(shipped_pipe):
+    """Every model edits with the paper's method unless asked: the target's own text embeddings
+    throughout (context_tau 0), cross tau 0.8 and self tau 0.4 (the official implementation's)."""
+    from p2p_lab.p2p.options import EditOptions
 
-    assert model.sampling_defaults(sd_like_pipe).context_tau == 0.0  # Stable Diffusion: the paper
-    f = model.sampling_defaults(shipped_pipe).context_tau
-    assert 0.0 < f <= 1.0  # the shipped model: measured best in benchmarks/p2p_eval.py
-    assert close(edit(shipped_pipe, S, T2, **FAST).images, edit(shipped_pipe, S, T2, context_tau=f, **FAST).images)
-    monkeypatch.setattr(model, "SHAPES_DEFAULTS", model.SamplingDefaults(4, 5.0, context_tau=0.0))
+    o = EditOptions()
+    assert (o.context_tau, o.cross_tau, o.self_tau) == (0.0, 0.8, 0.4)
     assert close(edit(shipped_pipe, S, T2, **FAST).images, edit(shipped_pipe, S, T2, context_tau=0.0, **FAST).images)
-    assert not close(edit(shipped_pipe, S, T2, **FAST).images, edit(shipped_pipe, S, T2, context_tau=f, **FAST).images, 1e-3)
+    assert not close(edit(shipped_pipe, S, T2, **FAST).images, edit(shipped_pipe, S, T2, context_tau=1.0, **FAST).images, 1e-3)
 
 
 def _manual_attention(attn, x, ctx):

@@ -95,9 +95,10 @@ def test_moving_tau_redraws_the_edit_from_the_cached_source(ui, shipped_pipe):
     assert ui.result.from_cache
     assert "cross tau=0.30" in ui.figure.get_suptitle() and 'alt="P2P edit: cross tau=0.30' in ui.view.value
     assert ui.view.value != before_html and "cross tau=0.30" in ui.status.value
-    # What is drawn is what an independent, uncached call computes for the new setting.
+    # What is drawn is what an independent, uncached call computes for the new setting (a cached source
+    # runs the target rows in a smaller batch: equal up to float rounding).
     direct = edit(shipped_pipe, SRC, TGT, cross_tau=0.3, self_tau=0.4, num_inference_steps=STEPS)
-    np.testing.assert_allclose(_image_data(ui.figure, 2), direct.images[1], atol=1e-5)
+    np.testing.assert_allclose(_image_data(ui.figure, 2), direct.images[1], atol=1e-4)
     assert not np.allclose(before_edit, direct.images[1])
 
 
@@ -115,10 +116,9 @@ def test_per_word_tau_and_reweight_controls_reach_the_edit(ui):
 
 
 def test_context_tau_slider_reaches_the_edit(ui, shipped_pipe):
-    from p2p_lab.model import sampling_defaults
     from p2p_lab.p2p import edit
 
-    assert ui.settings().context_tau == sampling_defaults(shipped_pipe).context_tau  # the model's
+    assert ui.settings().context_tau == 0.0  # the paper's method until the student moves the slider
     before = _image_data(ui.figure, 2).copy()
     ui.context_tau.value = 1.0  # every unchanged token keeps the source's embedding
     assert "context tau=1.00" in ui.figure.get_suptitle()

@@ -110,8 +110,7 @@ def edit(pipe, source: str, targets, *, options: EditOptions | None = None, cach
     text encoder is causal, so every token after an edited word carries that word in its
     embedding, and a model that learned to read the object's identity and place from those tokens
     (the shipped model partly does) moves the object even when the attention maps are the
-    source's. Not in the paper. None: the model's default (``p2p_lab.model.sampling_defaults``:
-    0 for Stable Diffusion, as in the paper).
+    source's. Not in the paper, so off by default (0); notebook 05 teaches it in its own section.
     progress: a progress bar over the steps (default: on for Stable Diffusion, off for the shipped model).
 
     The objects an edit works with: cache: an earlier result's ``.cache``. store: an
@@ -240,10 +239,6 @@ def _finish(pipe, e: _Edit, z0: torch.Tensor) -> EditResult:
 
 def _context_schedule(pipe, source, targets, rows, context_tau, n, from_cache):
     """None (each row's own embeddings throughout) or a callable step -> embeddings of ``rows``."""
-    if context_tau is None:
-        from ..model import sampling_defaults
-
-        context_tau = sampling_defaults(pipe).context_tau
     window = step_window(context_tau, n, "context_tau")
     if not window.any():
         return None, window

@@ -40,8 +40,9 @@ class EditOptions:
     """What a Prompt-to-Prompt edit is asked (notebook 05): ``p2p.edit(pipe, source, targets, **options)``
     builds one; the plan, the widgets, the CLI and the source cache's key read it.
 
-    None means "the default": for steps, guidance and context_tau the model's
-    (:func:`p2p_lab.model.sampling_defaults`), for ``mapper`` "copy", for ``seed`` 0.
+    The defaults are the paper's settings. None means "the default": for steps and guidance the
+    model's (:func:`p2p_lab.model.sampling_defaults`), for ``mapper`` "copy", for ``seed`` 0.
+    ``context_tau`` is the one setting the course adds beyond the paper: 0 (off) unless asked.
     """
 
     mode: str | None = None  # "replace" (word swap), "refine" (insertion) or None (by word counts)
@@ -54,7 +55,7 @@ class EditOptions:
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     self_max_res: int = 16  # self-attention is replaced in layers up to this resolution
-    context_tau: float | tuple | None = None  # steps in which unchanged tokens keep the source's embedding
+    context_tau: float | tuple = 0.0  # not in the paper, opt-in: steps in which unchanged tokens keep the source's embedding
     progress: bool | None = None  # a progress bar (default: on for Stable Diffusion only)
 
     @classmethod

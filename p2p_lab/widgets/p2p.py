@@ -43,14 +43,11 @@ class EditUI:
 
     def __init__(self, pipe, source: str, target: str, *, seed: int = 0,
                  num_inference_steps: int = 20, guidance_scale: float | None = None,
-                 cross_tau: float = 0.8, self_tau: float = 0.4, context_tau: float | None = None,
+                 cross_tau: float = 0.8, self_tau: float = 0.4, context_tau: float = 0.0,
                  mode: str | None = None, alpha_words: list[str] | None = None, cache=None, fixed_image=None, dpi: int = 70):
         import ipywidgets as W
 
-        from ..model import sampling_defaults
-        from ..p2p import words_of
-
-        from ..p2p import EditOptions
+        from ..p2p import EditOptions, words_of
 
         self.pipe, self.source, self.target, self.dpi = pipe, source, target, dpi
         # what the sliders do not change
@@ -66,8 +63,6 @@ class EditUI:
                                        layout=_layout())
         self.self_tau = W.FloatSlider(value=self_tau, description="self tau", **_SLIDER,
                                       layout=_layout())
-        if context_tau is None:
-            context_tau = sampling_defaults(pipe).context_tau
         self.context_tau = W.FloatSlider(value=context_tau, description="context tau", **_SLIDER,
                                          layout=_layout())
         self.word_own = {w: W.Checkbox(value=False, description=f"own tau for '{w}'", indent=False,
@@ -193,7 +188,7 @@ def make_edit_ui(pipe, source: str, target: str, **kwargs) -> EditUI:
     source | fixed seed | Prompt-to-Prompt edit with the edited words' attention maps (notebook 05).
 
     Keyword options: seed, num_inference_steps (default 20), guidance_scale, cross_tau, self_tau,
-    context_tau (default: the model's, see ``p2p_lab.p2p.edit``), mode ("replace" | "refine" | None), alpha_words (words that get their own tau slider;
+    context_tau (default 0, the paper; see ``p2p_lab.p2p.edit``), mode ("replace" | "refine" | None), alpha_words (words that get their own tau slider;
     default: the words the target adds), cache (an earlier EditResult's ``.cache`` for the same
     source, seed and steps), fixed_image (the fixed-seed baseline, if already computed).
     Display the returned object to use it.
