@@ -518,6 +518,7 @@ _CSS = """.p2p-explorer { border: 1px solid var(--color-background-border, #ccc)
 .p2p-explorer-note { font-size: 0.85em; margin: 0.3em 0; opacity: 0.8; }
 .p2p-explorer-frame { max-width: 100%; height: auto; display: block; background: white; }
 .p2p-explorer-head { margin-top: 0; }
+.p2p-explorer-pick { width: auto; max-width: 100%; }
 """
 
 _JS = """// Explorers of the p2p_lab course site: a slider swaps precomputed frames (no server, no kernel).
@@ -678,6 +679,10 @@ def build_site(out, notebooks_dir=None, cache_dir: Path | str | None = DEFAULT_C
     start = time.perf_counter()
     out = Path(out).resolve()
     check_out_dir(out)
+    if repo is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", repo):
+        raise SiteError(f"repo must be a GitHub repository as owner/name, got {repo!r}")
+    if timeout <= 0:
+        raise SiteError(f"timeout is seconds per cell and must be positive, got {timeout}")
     notebooks_dir = Path(notebooks_dir or REPO_ROOT / "notebooks")
     masters = sorted(notebooks_dir.glob("*.ipynb"))
     if not masters:
@@ -717,10 +722,14 @@ def build_site(out, notebooks_dir=None, cache_dir: Path | str | None = DEFAULT_C
             for child in out.iterdir():
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         shutil.copytree(build, out, dirs_exist_ok=True)
-    (out / MARKER).write_text("built by python -m p2p_lab site; a rebuild replaces this folder's contents\n")
     (out / ".nojekyll").write_text("")  # GitHub Pages: serve _static/ and _images/ as they are
+    (out / MARKER).write_text("")
     pages = sorted(p.name for p in out.glob("*.html") if p.stem[:2].isdigit())
-    return SiteReport(out, pages, time.perf_counter() - start, seconds, frames, _size(out))
+    report = SiteReport(out, pages, time.perf_counter() - start, seconds, frames, 0)
+    (out / MARKER).write_text("built by python -m p2p_lab site; a rebuild replaces this folder's contents\n"
+                              + "\n".join(str(report).splitlines()[1:-1]) + "\n")
+    report.size_bytes = _size(out)
+    return report
 
 
 # --------------------------------------------------------------------------- command line
