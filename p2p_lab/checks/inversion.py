@@ -1,5 +1,6 @@
-"""Public checks of notebook 06 (editing a real image): the DDIM step run backwards, and the
-objective null-text inversion minimises at every step.
+"""Public checks of notebook 06 (editing a real image): the DDIM step run backwards, the
+objective null-text inversion minimises at every step, and its inner Adam loop for one timestep
+(``run_null_text`` runs the whole inversion with the student's loop).
 
 References: the package's own functions (:func:`p2p_lab.ldm.ddim_inverse_step`,
 :func:`p2p_lab.ldm.ddim_step`, :func:`p2p_lab.ldm.guidance`), which the tests hold against diffusers'

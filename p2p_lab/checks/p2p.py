@@ -1,9 +1,13 @@
-"""Public checks for notebook 05 (Prompt-to-Prompt): the four graded pieces of the algorithm.
+"""Public checks for notebook 05 (Prompt-to-Prompt): the graded pieces of the algorithm.
 
 * ``check_edit_switch``: Algorithm 1's switch Edit(A_t, A*_t, t) = A*_t if t < tau else A_t;
 * ``check_replace_mapper``: the word-alignment trick A_hat = A M;
 * ``check_alpha_blend``: per-word, per-step blending alpha_t (.) A_hat + (1 - alpha_t) (.) A*_t;
 * ``check_reweight``: re-weighting, the columns of the chosen tokens scaled by c.
+* ``check_edit_processor``: the editing attention processor, alpha (.) (A M) + (1 - alpha) (.) A* on
+  the targets' conditional rows (``run_edit_processor`` samples a word swap with it);
+* ``check_map_recorder``, ``check_build_mapper``, ``check_alignment_table``, ``check_blend_mask``: the
+  recording processor, the mapper, Needleman-Wunsch's table and the local blend's mask.
 
 The trusted references are the engine's own equations (:mod:`p2p_lab.p2p.equations`, written from
 the paper's formulas, Hertz et al. 2022, Sec. 3.2), which the engine applies inside the UNet's
