@@ -64,3 +64,20 @@ def test_release_refuses_a_notebook_with_exercises_but_no_checks(tmp_path):
     with pytest.raises(ValueError, match="notebook 07_new has exercises but no checks module"):
         release(tmp_path / "out", tmp_path / "nb", timings=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_recorded_inputs_match_up_to_rounding_but_not_another_case():
+    """The student version finds its recorded expectations by the inputs' fingerprints: the same text
+    embeddings computed by another transformers version (rounding) still match; other inputs do not."""
+    import torch
+
+    from p2p_lab.checks._core import _fingerprint, _same_inputs
+
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(2, 16, 64, generator=g)
+    recorded = _fingerprint({"emb": emb, "t": 5})
+    rounded = emb + 1e-7 * torch.randn(emb.shape, generator=g)  # float32 reordering noise, many elements
+    assert _same_inputs(_fingerprint({"emb": rounded, "t": 5}), recorded)
+    assert not _same_inputs(_fingerprint({"emb": torch.randn(2, 16, 64, generator=g), "t": 5}), recorded)
+    assert not _same_inputs(_fingerprint({"emb": emb, "t": 6}), recorded)
+    assert not _same_inputs(_fingerprint({"emb": emb[:1], "t": 5}), recorded)
