@@ -169,7 +169,9 @@ def test_plots_label_both_axes():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["estoy", "llegando", "tarde"]
     with pytest.raises(ValueError, match="labels"):
         plot_attention(w, ["only", "three", "labels"], None)
-    assert len(plot_attention_heads(torch.softmax(_randn(2, 3, 3), -1)).axes) == 2
+    fig = plot_attention_heads(torch.softmax(_randn(2, 3, 3), -1))
+    assert [a.get_title() for a in fig.axes if a.get_title()] == ["head 0", "head 1"]  # and one colour bar
+    assert len(fig.axes) == 3
     tokens = ["<|startoftext|>", "a</w>", "red</w>", "<|endoftext|>", "<|endoftext|>"]
     fig = plot_token_maps(torch.rand(5, 4, 4), tokens, image=torch.rand(16, 16, 3).numpy())
     assert [a.get_title().split("\n")[0] for a in fig.axes] == ["image", "<sot>", "a", "red", "<eot>"]

@@ -66,15 +66,19 @@ def plot_attention_heads(weights, query_labels=None, key_labels=None, title: str
     w = _np(weights)
     if w.ndim != 3:
         raise ValueError(f"expected (heads, n_query, n_key), got shape {w.shape}")
-    fig, axes = plt.subplots(1, w.shape[0], figsize=(3.2 * w.shape[0], 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, w.shape[0], figsize=(3.2 * w.shape[0] + 0.8, 3.2), squeeze=False,
+                             layout="constrained")
+    ims = []
     for h, ax in enumerate(axes[0]):
-        _heatmap(ax, w[h], query_labels if h == 0 else None, key_labels, f"head {h}", annotate=False)
+        ims.append(_heatmap(ax, w[h], query_labels if h == 0 else None, key_labels, f"head {h}", annotate=False))
         if h:
             ax.set_yticks(range(w.shape[1]), [""] * w.shape[1])
             ax.set_ylabel("")
+    for im in ims:  # one scale for every head, so that the heads can be compared
+        im.set_clim(0.0, max(1e-9, float(w.max())))
+    fig.colorbar(ims[-1], ax=list(axes[0]), shrink=0.8, label="attention weight")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
