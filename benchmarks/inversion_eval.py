@@ -223,7 +223,7 @@ def parse(argv=None):
     p.add_argument("--inner-steps", type=int, default=10, help="null-text's Adam steps per step (the paper's 10)")
     p.add_argument("--cross-tau", type=float, default=0.8)
     p.add_argument("--self-tau", type=float, default=0.4)
-    p.add_argument("--context-tau", type=float, default=None, help="default: the model's")
+    p.add_argument("--context-tau", type=float, default=0.0, help="not in the paper; 0 (the engine's default) keeps it off")
     p.add_argument("--drift-scenes", type=int, default=21, help="scenes of the DDIM drift sweep (0: none)")
     p.add_argument("--drift-guidance", default="1,2,4,7.5", help="guidance scales of the drift sweep")
     p.add_argument("--model", default=None)
@@ -272,7 +272,7 @@ def main(argv=None, pipe=None) -> dict:
     result["coverage"] = coverage(args.scenes, args.seed)
     result["settings"] = {"scenes": args.scenes, "seed": args.seed, "steps": args.steps, "guidance": args.guidance,
                           "inner_steps": args.inner_steps, "cross_tau": args.cross_tau, "self_tau": args.self_tau,
-                          "context_tau": default.context_tau if args.context_tau is None else args.context_tau,
+                          "context_tau": args.context_tau,
                           "threads": torch.get_num_threads(), "seconds": round(time.time() - t0, 1)}
     report(result)
     return result

@@ -86,8 +86,9 @@ def measure(model: str | None, args) -> dict:
     curves = reweight_response(pipe, PROBE, READS, SCALES, seeds=range(args.seeds),
                                num_inference_steps=args.measure_steps)
     quality = model_quality.prompt_following(pipe, sampling_defaults(pipe), args.quality_seeds) if args.quality_seeds else None
+    smoke = ["--all-sources"] if args.quick else []  # 3-step pictures are too rough to pass as right sources
     p2p = p2p_eval.main(["--seeds", str(args.p2p_seeds), "--steps", str(args.measure_steps), "--sweep", "0.8", "--context-sweep", "0.5",
-                         "--word-sweep", "0.4", "--threads", str(args.threads)], pipe=pipe)
+                         "--word-sweep", "0.4", "--threads", str(args.threads), *smoke], pipe=pipe)
     return {"reweight": {w: [round(float(v), 2) for v in c] for w, c in curves.items()},
             "prompt_following": quality, "p2p": {k: p2p[k] for k in ("p2p", "fixed_seed", "by_edit")},
             "seconds": round(time.time() - t0)}

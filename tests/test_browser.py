@@ -57,7 +57,9 @@ def _browser_notebook(folder: Path) -> Path:
     nb = nbformat.read(NOTEBOOK, as_version=4)
     cells = [c for c in nb.cells if "browser" in c.metadata.get("tags", [])]
     assert len(cells) >= 3, "notebook 05 must tag its setup, model and widget cells 'browser'"
-    fast = nbformat.v4.new_code_cell(f"STEPS = {BROWSER_STEPS}\nRUN = dict(seed=SEED, num_inference_steps=STEPS)")
+    # the widget reuses section 1's source run (``base``), which the reduced copy samples here, at few steps
+    fast = nbformat.v4.new_code_cell(f"STEPS = {BROWSER_STEPS}\nRUN = dict(seed=SEED, num_inference_steps=STEPS)\n"
+                                     "base = p2p.edit(pipe, SOURCE, SWAPS, **RUN)")
     nb.cells = cells[:2] + [fast] + cells[2:]
     for c in nb.cells:
         c.outputs, c.execution_count = [], None

@@ -296,7 +296,7 @@ def run_null_text(pipe, image, prompt: str, optimise_fn, *, num_inference_steps:
     cuts the loop short). ``trajectory``: the DDIM inversion's latents z*_0 .. z*_T (a "ddim"
     Inversion's ``latents``), computed here if None."""
     from .. import ldm, p2p
-    from ..p2p.inversion import NULL_TEXT_STOP_SLOPE, _frozen
+    from ..p2p.inversion import NULL_TEXT_STOP_SLOPE, frozen_weights
 
     if trajectory is None:
         trajectory = p2p.invert(pipe, image, prompt, "ddim", num_inference_steps=num_inference_steps,
@@ -317,7 +317,7 @@ def run_null_text(pipe, image, prompt: str, optimise_fn, *, num_inference_steps:
         def eps_of(u, z_in=z_in, t=t):
             return unet(z_in, t, encoder_hidden_states=u.to(dtype)).sample.float()
 
-        with torch.enable_grad(), _frozen(unet):
+        with torch.enable_grad(), frozen_weights(unet):
             null, _ = optimise_fn(eps_of, null, z.float(), eps_c, guidance_scale, abar_t.to(device), abar_prev.to(device),
                                   trajectory[n - 1 - i].to(device).float(), lr * (1 - i / 100), num_inner_steps,
                                   early_stop + NULL_TEXT_STOP_SLOPE * i)

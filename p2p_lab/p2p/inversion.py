@@ -401,7 +401,7 @@ def ddim_inversion(pipe, z0: Tensor, cond: Tensor, scheduler, guidance_scale: fl
 
 
 @contextlib.contextmanager
-def _frozen(module: torch.nn.Module):
+def frozen_weights(module: torch.nn.Module):
     """No gradients for the module's weights inside the block (their flags put back afterwards):
     backpropagation then reaches only the embedding being optimised."""
     flags = [(p, p.requires_grad) for p in module.parameters()]
@@ -433,7 +433,7 @@ def optimise_null(unet, scheduler, z_t: Tensor, t, cond: Tensor, null: Tensor, g
     opt = torch.optim.Adam([u], lr=lr)
     scale = 2.0 ** 10 if dtype == torch.float16 else 1.0
     loss_value, steps = float("nan"), 0
-    with torch.enable_grad(), _frozen(unet):
+    with torch.enable_grad(), frozen_weights(unet):
         for steps in range(1, num_inner_steps + 1):
             eps_u = unet(z_in, t, encoder_hidden_states=u.to(dtype)).sample.float()  # (1, C, h, w)
             eps = ldm.guidance(eps_u, eps_c, guidance_scale)
