@@ -164,7 +164,12 @@ def execute(path: Path, cache_dir: Path | None, timeout: int = 1800, log=print):
                                 resources={"metadata": {"path": cwd}})
         try:
             client.execute(env=env, cwd=cwd)
-        except (CellExecutionError, CellTimeoutError) as err:
+        except CellTimeoutError:
+            where, line = _failed_cell(nb)
+            raise SiteError(f"{path.name}, {where}: timed out after {timeout} s per cell ({line or 'no output'}); "
+                            f"a cell of the course takes about a minute at most: run the notebook in Jupyter to "
+                            f"see what waits, or raise --timeout") from None
+        except CellExecutionError as err:
             where, line = _failed_cell(nb)
             line = line or str(err).strip().splitlines()[-1]
             raise SiteError(f"{path.name}, {where}: failed while executing: {line}. Fix the "
