@@ -177,3 +177,85 @@ def test_run_edit_processor_refuses_an_insertion():
     with pytest.raises(ValueError, match="word swaps"):
         C.run_edit_processor(check_pipeline(), "a red circle on a blue background",
                              "a big red circle on a blue background", _Processor, num_inference_steps=2)
+
+
+# ---------------------------------------------------------------- the local blend across steps (notebook 05)
+
+class _Blender:
+    """A local blend written apart from the engine (per row, with einsum and an explicit union);
+    ``mistake`` makes it wrong in one of the ways students are."""
+
+    mistake = None
+
+    def __init__(self, tokens, latent_hw, start_step, dilate, threshold):
+        self.tokens, self.hw, self.start = tokens, latent_hw, start_step
+        self.dilate, self.threshold = dilate, threshold
+        self.maps = []
+
+    def add(self, probs, resolution):
+        m = torch.einsum("rhpl,rl->rp", probs, self.tokens) / probs.shape[1]
+        mode = dict(mode="nearest") if self.mistake == "nearest" else dict(mode="bilinear", align_corners=False)
+        self.maps.append(torch.nn.functional.interpolate(m.reshape(len(m), 1, *resolution), size=self.hw, **mode))
+
+    def apply(self, step, z_src, z_tgt):
+        maps = self.maps
+        if self.mistake != "stale_maps":
+            self.maps = []
+        if step < self.start or not maps:
+            return z_tgt
+        m = torch.stack(maps).mean(0)
+        k = self.dilate
+        if k:
+            m = torch.nn.functional.max_pool2d(m, 2 * k + 1, stride=1, padding=k)
+        keep = [mi / mi.max() > self.threshold for mi in m]
+        mask = torch.stack([keep[0] | keep[r] for r in range(1, len(keep))]).float()
+        return mask * z_tgt + (1 - mask) * z_src
+
+
+def test_local_blender_check_passes_an_independent_solution():
+    assert C.check_local_blender(_Blender).passed
+
+
+@pytest.mark.parametrize("mistake", ["stale_maps", "nearest"])
+def test_local_blender_check_names_a_written_mistake(mistake, capsys):
+    wrong = type("Wrong", (_Blender,), {"mistake": mistake})
+    result = C.check_local_blender(wrong)
+    assert not result.passed and result.mistake == mistake, result.message
+    assert "hint" in capsys.readouterr().out
+
+
+def test_local_blender_check_reports_a_stub():
+    class Stub(_Blender):
+        def add(self, probs, resolution):
+            raise NotImplementedError
+    result = C.check_local_blender(Stub)
+    assert not result.passed and "not implemented" in result.message
+
+
+def test_an_edit_through_the_blender_equals_the_engines_local_blend():
+    """The student's blender in the sampling loop = p2p.edit with the same LocalBlend (two targets)."""
+    import numpy as np
+
+    from p2p_lab import p2p
+    from p2p_lab.checks._core import check_pipeline
+
+    pipe = check_pipeline()
+    src, targets = "a red circle on a blue background", ["a red square on a blue background",
+                                                         "a red triangle on a blue background"]
+    words = ["circle", "square", "triangle"]
+    mine = C.run_local_blender(pipe, src, targets, words, _Blender, start=0.25, seed=3, num_inference_steps=4)
+    engine = p2p.edit(pipe, src, targets, local_blend=p2p.LocalBlend(words, start=0.25), seed=3, num_inference_steps=4)
+    plain = p2p.edit(pipe, src, targets, seed=3, num_inference_steps=4)
+    assert np.abs(mine - engine.images).max() < 1e-4
+    assert np.abs(plain.images - engine.images).max() > 1e-3  # the blend changed the picture
+
+
+@pytest.mark.parametrize("flag", ["stale", "early", "nearest", "inverted", "last_layer", "heads_sum"])
+def test_each_blender_mistake_is_told_apart(flag):
+    """Every named mistake changes the output on the check's cases, and no two give the same one
+    (so the hint the check prints is the mistake made)."""
+    flags = ["stale", "early", "nearest", "inverted", "last_layer", "heads_sum"]
+    outs = {f: torch.cat([C._blender_wrong(**{f: True})(**c).flatten() for c in C.blender_cases()]) for f in flags}
+    ref = torch.cat([C._blender_reference(**c).flatten() for c in C.blender_cases()])
+    assert not torch.allclose(outs[flag], ref, atol=1e-6)
+    assert all(not torch.allclose(outs[flag], outs[f], atol=1e-6) for f in flags if f != flag)

@@ -7,7 +7,9 @@
 * ``check_edit_processor``: the editing attention processor, alpha (.) (A M) + (1 - alpha) (.) A* on
   the targets' conditional rows (``run_edit_processor`` samples a word swap with it);
 * ``check_map_recorder``, ``check_build_mapper``, ``check_alignment_table``, ``check_blend_mask``: the
-  recording processor, the mapper, Needleman-Wunsch's table and the local blend's mask.
+  recording processor, the mapper, Needleman-Wunsch's table and the local blend's mask;
+* ``check_local_blender``: the local blend across sampling steps, maps collected from the layers of
+  a step, the latents blended after it (``run_local_blender`` samples an edit with it).
 
 The trusted references are the engine's own equations (:mod:`p2p_lab.p2p.equations`, written from
 the paper's formulas, Hertz et al. 2022, Sec. 3.2), which the engine applies inside the UNet's
@@ -25,7 +27,7 @@ from ._core import CheckResult, Mistake, answer, check_pipeline, run_check
 
 __all__ = ["check_edit_switch", "check_replace_mapper", "check_alpha_blend", "check_reweight",
            "check_build_mapper", "check_alignment_table", "check_blend_mask", "check_map_recorder",
-           "check_edit_processor", "run_edit_processor",
+           "check_edit_processor", "run_edit_processor", "check_local_blender", "run_local_blender",
            "edit_switch", "apply_mapper", "alpha_blend", "reweight", "run_edit_switch"]
 
 # The package's own implementations of what notebook 05 asks, per exercise: blocked while a
@@ -40,6 +42,8 @@ FORBIDDEN = {
     "alignment_table": ("p2p_lab.p2p.align.alignment_table", "p2p_lab.p2p.align.global_alignment",
                         "p2p_lab.p2p.align.refine_mapper"),
     "blend_mask": ("p2p_lab.p2p.blend.word_mask", "p2p_lab.p2p.blend.BlendState.mask"),
+    "LocalBlender": ("p2p_lab.p2p.blend.word_mask", "p2p_lab.p2p.blend.BlendState.mask",
+                     "p2p_lab.p2p.blend.BlendState.add", "p2p_lab.p2p.blend.BlendState.apply"),
     "MapRecorder": ("p2p_lab.unet_attention.attention_probs", "p2p_lab.unet_attention.attend_all",
                     "p2p_lab.attention.record_cross_attention", "p2p_lab.p2p.record_maps"),
     "EditProcessor": (_EQ + "edited_maps", _EQ + "value_maps", _EQ + "fused_edit", "p2p_lab.unet_attention.attention_probs",
@@ -692,3 +696,173 @@ def run_edit_processor(pipe, source: str, targets, processor_cls, *, cross_tau=0
     finally:
         for m, p in zip(modules, original):
             m.set_processor(p)
+
+
+# ------------------------------------------------------------------ the local blend across steps
+
+BLENDER_RES = ((4, 4), (8, 8))  # the layers of one step in the check's cases: (h, w) of each
+
+
+def blender_cases(seed: int = 0) -> list[dict]:
+    """Seeded sampling runs as the blender sees them: per step, one layer's conditional
+    probabilities (rows, heads, pixels, L) at each resolution of ``BLENDER_RES``, then the source's
+    and the targets' latents (1 and T, C, 8, 8). Every step's maps are new (peaked at a random
+    place), so a mask made from an earlier step's maps shows."""
+    g = torch.Generator().manual_seed(seed)
+    cases = []
+    for n_steps, rows, heads, L, start_step, dilate, threshold in ((4, 2, 2, 6, 1, 1, 0.3), (5, 3, 3, 5, 2, 0, 0.5)):
+        centres = torch.rand(n_steps, rows, 2, generator=g)  # where each step's word map peaks, in [0, 1)^2
+        probs = {}
+        for k, (h, w) in enumerate(BLENDER_RES):  # layers of different head counts, as in a UNet
+            yy, xx = torch.meshgrid((torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w, indexing="ij")
+            d2 = (yy.flatten() - centres[..., :1]) ** 2 + (xx.flatten() - centres[..., 1:]) ** 2  # (steps, rows, hw)
+            logits = torch.randn(n_steps, rows, heads + 2 * k, h * w, L, generator=g)
+            logits[..., 2:4] += 6.0 * torch.exp(-d2 / 0.02)[:, :, None, :, None]  # the words own a blob
+            probs[f"probs_{h}x{w}"] = logits.softmax(-1)
+        tokens = torch.zeros(rows, L)
+        tokens[:, 2] = 1.0
+        tokens[1:, 3] = 1.0  # the targets' word may span two tokens
+        cases.append(dict(**probs, tokens=tokens, z_src=torch.randn(n_steps, 1, 4, 8, 8, generator=g),
+                          z_tgt=torch.randn(n_steps, rows - 1, 4, 8, 8, generator=g), start_step=start_step,
+                          dilate=dilate, threshold=threshold))
+    return cases
+
+
+def _blender_layers(case: dict, step: int):
+    """The layers of one step: (probs (rows, heads, pixels, L), (h, w))."""
+    return [(case[f"probs_{h}x{w}"][step], (h, w)) for h, w in BLENDER_RES]
+
+
+@answer
+def _blender_reference(tokens, z_src, z_tgt, start_step, dilate, threshold, **probs):
+    """The engine's local blend (p2p_lab.p2p.blend.BlendState) fed the case's layers step by step."""
+    from types import SimpleNamespace
+
+    from ..p2p.blend import BlendState, LocalBlend
+
+    state = BlendState.__new__(BlendState)
+    state.opts, state.latent_hw = LocalBlend(["word"], threshold=threshold, dilate=dilate), tuple(z_src.shape[-2:])
+    state.first, state.tokens, state.acc, state.count = start_step, tokens, None, 0
+    case, outs = dict(probs, tokens=tokens), []
+    for s in range(z_src.shape[0]):
+        if s >= start_step:  # the engine asks for the maps only from the first blended step on
+            for p, res in _blender_layers(case, s):
+                state.add(SimpleNamespace(resolution=res), p)
+        outs.append(state.apply(s, z_src[s], z_tgt[s]))
+    return torch.stack(outs)
+
+
+@answer
+def _blender_wrong(stale=False, early=False, nearest=False, inverted=False, last_layer=False, heads_sum=False):
+    """The blender with one typical mistake (see check_local_blender's hints)."""
+    def compute(tokens, z_src, z_tgt, start_step, dilate, threshold, **probs):
+        import torch.nn.functional as F
+
+        from ..p2p.blend import word_mask
+
+        case = dict(probs, tokens=tokens)
+        outs, acc, count = [], None, 0
+        for s in range(z_src.shape[0]):
+            for p, (h, w) in _blender_layers(case, s):
+                A = p.sum(1) if heads_sum else p.mean(1)
+                m = (A * tokens[:, None, :]).sum(-1).reshape(p.shape[0], 1, h, w)
+                m = F.interpolate(m, size=z_src.shape[-2:], mode="nearest") if nearest else \
+                    F.interpolate(m, size=z_src.shape[-2:], mode="bilinear", align_corners=False)
+                acc = m if (acc is None or last_layer) else acc + m
+                count = 1 if last_layer else count + 1
+            if s < start_step and not early:
+                out = z_tgt[s]
+            else:
+                mask = word_mask(acc / count, dilate, threshold).to(z_tgt.dtype)
+                out = z_tgt[s] + mask * (z_src[s] - z_tgt[s]) if inverted else z_src[s] + mask * (z_tgt[s] - z_src[s])
+            if not stale:
+                acc, count = None, 0
+            outs.append(out)
+        return torch.stack(outs)
+    return compute
+
+
+def check_local_blender(blender_cls) -> CheckResult:
+    """Check a local-blend class ``blender_cls(tokens, latent_hw, start_step, dilate, threshold)``:
+    during each step its ``add(probs, resolution)`` gets every blended layer's conditional
+    probabilities, and after the step ``apply(step, z_src, z_tgt)`` returns the blended targets."""
+    def student(tokens, z_src, z_tgt, start_step, dilate, threshold, **probs):
+        if not callable(blender_cls):
+            raise TypeError(f"pass the class LocalBlender itself, not {type(blender_cls).__name__}")
+        case = dict(probs, tokens=tokens)
+        blender = blender_cls(tokens.clone(), tuple(z_src.shape[-2:]), start_step, dilate, threshold)
+        outs = []
+        for s in range(z_src.shape[0]):
+            for p, res in _blender_layers(case, s):
+                blender.add(p.clone(), res)
+            out = blender.apply(s, z_src[s].clone(), z_tgt[s].clone())
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(f"apply returned {type(out).__name__} at step {s}: return the targets' latents, "
+                                f"a tensor shaped like z_tgt")
+            outs.append(out)
+        return torch.stack(outs)
+
+    w = _blender_wrong
+    mistakes = (
+        Mistake("stale_maps", w(stale=True),
+                "each step's mask must come from THAT step's maps: empty the sum (and the count) in every "
+                "apply, including the steps before start_step, or the maps of earlier steps pile up"),
+        Mistake("blends_early", w(early=True),
+                "you blended before start_step: until then apply returns z_tgt unchanged (the new object "
+                "has not found its place yet)"),
+        Mistake("inverted", w(inverted=True),
+                "the blend is the wrong way round: OUTSIDE the mask the target takes the source's latent, "
+                "inside it keeps its own: z_src + m * (z_tgt - z_src)"),
+        Mistake("nearest", w(nearest=True),
+                "upsample each layer's map to the latent with F.interpolate(..., mode='bilinear', "
+                "align_corners=False), not the default 'nearest'"),
+        Mistake("last_layer_only", w(last_layer=True),
+                "add every layer's map to a running sum (and count the layers): you kept only the last one"),
+        Mistake("heads_summed", w(heads_sum=True),
+                "average the probabilities over the heads (dim 1) before summing the words' tokens: layers "
+                "with different head counts would otherwise weigh differently"),
+    )
+    return run_check("local_blender", student, _blender_reference, blender_cases(), mistakes, atol=1e-6,
+                     forbidden=FORBIDDEN["LocalBlender"])
+
+
+class _BlenderBridge:
+    """The engine's view of the student's blender: every step's maps of the blended layers go to
+    ``add``, and the latents after every step through ``apply``."""
+
+    def __init__(self, state, blender):
+        self.res, self.blender = state.res, blender
+
+    def wants(self, layer, step) -> bool:
+        return layer.is_cross and layer.res in self.res
+
+    def add(self, layer, probs):
+        self.blender.add(probs.detach().clone(), tuple(layer.resolution))
+
+    def apply(self, step, x_src, x_tgt):
+        return self.blender.apply(step, x_src.clone(), x_tgt.clone())
+
+
+def run_local_blender(pipe, source: str, targets, words, blender_cls, *, start: float = 0.2, dilate: int = 1,
+                      threshold: float = 0.3, seed: int = 0, num_inference_steps: int = 10,
+                      guidance_scale: float | None = None, **options):
+    """An edit with YOUR local blend: ``blender_cls(tokens, latent_hw, start_step, dilate,
+    threshold)`` (tokens (1 + T, L): 1 at the words' tokens in each prompt) gets, during every step,
+    the blended layers' conditional probabilities through ``add(probs, resolution)`` and the latents
+    after the step through ``apply(step, z_src, z_tgt)``; everything else is ``p2p.edit``'s.
+    Returns images (1 + T, H, W, 3): compare with ``p2p.edit(..., local_blend=p2p.LocalBlend(words,
+    threshold, start, dilate=dilate))``."""
+    from ..p2p.blend import LocalBlend
+    from ..p2p.edit import _finish, _prepare, _resolve, _sample_targets
+    from ..p2p.options import EditOptions
+    from ..p2p.sampling import prompt_list
+
+    targets = prompt_list(targets, "targets")
+    opts = EditOptions.of(None, seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                          local_blend=LocalBlend(words, threshold=threshold, start=start, dilate=dilate), **options)
+    run = _resolve(pipe, source, opts, None)
+    e = _prepare(pipe, source, targets, run, opts, None, None)
+    state = e.control.blend
+    blender = blender_cls(state.tokens.clone(), tuple(run.latent_hw), state.first, dilate, threshold)
+    e.control.blend = _BlenderBridge(state, blender)
+    return _finish(pipe, e, _sample_targets(pipe, e, None)).images

@@ -21,6 +21,7 @@ QUESTIONS = {
     "p2p_reweight": {"points": 2.0, "name": "reweight_attention"},
     "p2p_blend_mask": {"points": 3.0, "name": "blend_mask"},
     "p2p_edit_processor": {"points": 5.0, "name": "EditProcessor"},
+    "p2p_local_blender": {"points": 4.0, "name": "LocalBlender"},
 }
 
 from p2p_lab.checks.p2p import FORBIDDEN as PUBLIC  # noqa: E402  (the public checks block the same calls)
@@ -212,3 +213,40 @@ def test_p2p_edit_processor(ns):
     mine = call_student(run_edit_processor, forbidden, pipe, source, targets, cls, **run)
     diff = float(np.abs(np.asarray(mine) - engine).max())
     assert diff < 1e-4, f"a word swap through your EditProcessor differs from p2p.edit by {diff:.3g} (pixels in [0, 1])"
+
+
+def test_p2p_local_blender(ns):
+    """Other seeded runs (more steps, other starts), then an edit of two targets sampled through the
+    student's blender against the engine's local blend (computed outside forbid)."""
+    import numpy as np
+
+    from p2p_lab import p2p
+    from p2p_lab.checks._core import check_pipeline
+    from p2p_lab.checks.p2p import _blender_layers, _blender_reference, blender_cases, run_local_blender
+
+    cls = student_function(ns, "LocalBlender")
+    forbidden = PUBLIC["LocalBlender"] + ("p2p_lab.checks.p2p._blender_reference", "p2p_lab.p2p.edit.edit")
+    cases = blender_cases(seed=31)
+    for case in cases[:1]:  # the same run from a later start, with a wider dilation
+        cases.append(dict(case, start_step=2, dilate=2, threshold=0.4))
+
+    def student(tokens, z_src, z_tgt, start_step, dilate, threshold, **probs):
+        def run():
+            blender = cls(tokens.clone(), tuple(z_src.shape[-2:]), start_step, dilate, threshold)
+            outs = []
+            for s in range(z_src.shape[0]):
+                for p, res in _blender_layers(dict(probs, tokens=tokens), s):
+                    blender.add(p.clone(), res)
+                outs.append(blender.apply(s, z_src[s].clone(), z_tgt[s].clone()))
+            return torch.stack(outs)
+        return call_student(run, forbidden)
+
+    _assert_passes("local_blender", student, _blender_reference, cases, atol=1e-6)
+    pipe = check_pipeline()
+    source, targets = "a green triangle on a yellow background", ["a green square on a yellow background",
+                                                                   "a green circle on a yellow background"]
+    words, run = ["triangle", "square", "circle"], dict(seed=7, num_inference_steps=5)
+    engine = p2p.edit(pipe, source, targets, local_blend=p2p.LocalBlend(words, threshold=0.4, start=0.4), **run).images
+    mine = call_student(run_local_blender, forbidden, pipe, source, targets, words, cls, threshold=0.4, start=0.4, **run)
+    diff = float(np.abs(np.asarray(mine) - engine).max())
+    assert diff < 1e-4, f"an edit through your LocalBlender differs from p2p.edit's local blend by {diff:.3g} (pixels in [0, 1])"
