@@ -126,7 +126,7 @@ def plot_alpha(alpha, labels: Sequence[str], timesteps: Sequence[int] | None = N
     ticks = list(range(0, steps, max(1, steps // 8)))
     names = [f"{k} (t={int(timesteps[k])})" for k in ticks] if timesteps is not None else ticks
     ax.set_yticks(ticks, names, fontsize=7)
-    ax.set_ylabel("sampling step (top: first, t = T)")
+    ax.set_ylabel("sampling step (top: the first)")
     fig.colorbar(im, ax=ax, shrink=0.8, label="alpha (1: source map)")
     ax.set_title(title or "alpha_t per token", fontsize=10)
     return fig
