@@ -53,4 +53,4 @@ def test_smoke_run_prints_every_figure_as_json(load_benchmark, capsys):
     assert {"swap_colour", "swap_shape", "swap_background", "insert_content", "insert_style", "reweight",
             "local_blend"} <= set(out)
     assert out["reweight"]["scales"] == [-1.0, 0.0, 0.5, 1.0, 2.0, 4.0]
-    assert set(out["local_blend"]) >= {"outside_change_ratio"}
+    assert set(out["local_blend"]) >= {"outside_change_ratio", "outside_objects_ratio"}

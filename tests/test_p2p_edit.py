@@ -371,12 +371,17 @@ def test_no_resume_under_a_multistep_scheduler(shipped_pipe):
 
 def test_local_blend_extremes(shipped_pipe):
     kw = dict(cross_tau=0.5, self_tau=0.25, **FAST)
-    plain = edit(shipped_pipe, S, T2, **kw).images
+    plain = edit(shipped_pipe, S, T2, **kw)
     everywhere = edit(shipped_pipe, S, T2, local_blend=LocalBlend(["circle", "square"], threshold=0.0,
-                                                                  start=0.0, dilate=0), **kw).images
-    nowhere = edit(shipped_pipe, S, T2, local_blend=LocalBlend(["square"], threshold=1.0, start=0.0), **kw).images
-    assert close(everywhere, plain)  # the mask covers the whole latent
-    assert close(nowhere[1], nowhere[0])  # an empty mask keeps the source
+                                                                  start=0.0, dilate=0), **kw)
+    nowhere = edit(shipped_pipe, S, T2, local_blend=LocalBlend(["square"], threshold=1.0, start=0.0), **kw)
+    assert close(everywhere.images, plain.images)  # the mask covers the whole latent
+    assert close(nowhere.images[1], nowhere.images[0])  # an empty mask keeps the source
+    # the result carries the last step's mask on the latent grid: all, none
+    h, w = (s // 4 for s in plain.images.shape[1:3])  # the shipped model's latents: a quarter of the image
+    assert plain.blend_mask is None
+    assert everywhere.blend_mask.shape == (1, h, w) and everywhere.blend_mask.dtype == bool and everywhere.blend_mask.all()
+    assert not nowhere.blend_mask.any()
 
 
 def test_mask_blend_extremes(shipped_pipe):

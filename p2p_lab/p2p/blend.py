@@ -75,6 +75,7 @@ class BlendState:
         self.first = math.floor(round(opts.start * num_steps, 6))
         self.tokens = self._token_mask(tokenizer, prompts)  # (rows, L)
         self.acc, self.count = None, 0
+        self.last_mask = None  # the mask of the last blended step, (rows - 1, 1, h, w) bool
 
     def _token_mask(self, tokenizer, prompts):
         mask = torch.zeros(len(prompts), tokenizer.model_max_length)
@@ -109,6 +110,7 @@ class BlendState:
         """x_src (1, C, h, w), x_tgt (T, C, h, w) -> blended targets."""
         if step < self.first or self.count == 0:
             return x_tgt
-        m = self.mask().to(x_tgt.dtype)
-        self.acc, self.count = None, 0
+        m = self.mask()
+        self.acc, self.count, self.last_mask = None, 0, m
+        m = m.to(x_tgt.dtype)
         return x_src + m * (x_tgt - x_src)

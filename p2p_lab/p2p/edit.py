@@ -43,6 +43,7 @@ class EditResult:
     cache: SourceCache
     store: object = None
     from_cache: bool = False  # True if the source branch came from the cache
+    blend_mask: np.ndarray | None = None  # local blend: its last step's mask per target, (T, h, w) bool (latent grid)
 
     @property
     def source_image(self) -> np.ndarray:
@@ -234,7 +235,9 @@ def _finish(pipe, e: _Edit, z0: torch.Tensor) -> EditResult:
         e.cache.image = images[0].copy()
     e.cache.touch()
     make_room(e.cache)
-    return EditResult(images, [e.source, *e.targets], e.cache, e.control.store, e.from_cache)
+    last = getattr(e.control.blend, "last_mask", None)
+    mask = None if last is None else last[:, 0].cpu().numpy()
+    return EditResult(images, [e.source, *e.targets], e.cache, e.control.store, e.from_cache, mask)
 
 
 def _context_schedule(pipe, source, targets, rows, context_tau, n, from_cache):
