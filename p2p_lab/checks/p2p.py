@@ -17,10 +17,12 @@ attention layers.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import torch
 
+from ..p2p.blend import LocalBlend
 from ..p2p.equations import alpha_blend, apply_mapper, edit_switch, token_weights
 from ..p2p.equations import reweight as _reweight
 from ._core import CheckResult, Mistake, answer, check_pipeline, run_check
@@ -843,26 +845,29 @@ class _BlenderBridge:
         return self.blender.apply(step, x_src.clone(), x_tgt.clone())
 
 
+@dataclasses.dataclass
+class _StudentBlend(LocalBlend):
+    """A LocalBlend whose maps and latents go through a student's blender class."""
+
+    blender_cls: type | None = None
+
+    def state(self, tokenizer, prompts, layers, latent_hw, num_steps):
+        state = super().state(tokenizer, prompts, layers, latent_hw, num_steps)
+        blender = self.blender_cls(state.tokens.clone(), tuple(latent_hw), state.first, self.dilate, self.threshold)
+        return _BlenderBridge(state, blender)
+
+
 def run_local_blender(pipe, source: str, targets, words, blender_cls, *, start: float = 0.2, dilate: int = 1,
-                      threshold: float = 0.3, seed: int = 0, num_inference_steps: int = 10,
-                      guidance_scale: float | None = None, **options):
+                      threshold: float = 0.3, **options):
     """An edit with YOUR local blend: ``blender_cls(tokens, latent_hw, start_step, dilate,
     threshold)`` (tokens (1 + T, L): 1 at the words' tokens in each prompt) gets, during every step,
     the blended layers' conditional probabilities through ``add(probs, resolution)`` and the latents
-    after the step through ``apply(step, z_src, z_tgt)``; everything else is ``p2p.edit``'s.
-    Returns images (1 + T, H, W, 3): compare with ``p2p.edit(..., local_blend=p2p.LocalBlend(words,
-    threshold, start, dilate=dilate))``."""
-    from ..p2p.blend import LocalBlend
-    from ..p2p.edit import _finish, _prepare, _resolve, _sample_targets
-    from ..p2p.options import EditOptions
-    from ..p2p.sampling import prompt_list
+    after the step through ``apply(step, z_src, z_tgt)``; everything else is ``p2p.edit``'s (its
+    options as keywords). Returns images (1 + T, H, W, 3): compare with ``p2p.edit(...,
+    local_blend=p2p.LocalBlend(words, threshold, start, dilate=dilate))``."""
+    from ..p2p.edit import edit
 
-    targets = prompt_list(targets, "targets")
-    opts = EditOptions.of(None, seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                          local_blend=LocalBlend(words, threshold=threshold, start=start, dilate=dilate), **options)
-    run = _resolve(pipe, source, opts, None)
-    e = _prepare(pipe, source, targets, run, opts, None, None)
-    state = e.control.blend
-    blender = blender_cls(state.tokens.clone(), tuple(run.latent_hw), state.first, dilate, threshold)
-    e.control.blend = _BlenderBridge(state, blender)
-    return _finish(pipe, e, _sample_targets(pipe, e, None)).images
+    if not callable(blender_cls):
+        raise TypeError(f"pass the class LocalBlender itself, not {type(blender_cls).__name__}")
+    blend = _StudentBlend(words, threshold=threshold, start=start, dilate=dilate, blender_cls=blender_cls)
+    return edit(pipe, source, targets, local_blend=blend, **options).images

@@ -36,6 +36,12 @@ class LocalBlend:
         if not self.words:
             raise ValueError("LocalBlend needs at least one word")
 
+    def state(self, tokenizer, prompts, layers, latent_hw, num_steps) -> "BlendState":
+        """What collects the words' maps and blends the latents during one edit. A subclass may
+        return its own object with BlendState's ``wants``, ``add`` and ``apply`` (notebook 05's
+        Exercise 10 runs a student's blend this way)."""
+        return BlendState(self, tokenizer, prompts, layers, latent_hw, num_steps)
+
 
 def blend_resolutions(layers, latent_hw, chosen=None) -> set[int]:
     cross = {l.res for l in layers if l.is_cross}

@@ -310,7 +310,7 @@ def _blend_state(local_blend, tok, prompts, layers, latent_hw, n):
         return None
     if not isinstance(local_blend, LocalBlend):
         local_blend = LocalBlend(local_blend)
-    return BlendState(local_blend, tok, prompts, layers, latent_hw, n)
+    return local_blend.state(tok, prompts, layers, latent_hw, n)
 
 
 def reweight_response(pipe, prompt: str, reads: dict, scales, seeds=(0, 1, 2),

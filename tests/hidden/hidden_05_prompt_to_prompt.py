@@ -247,6 +247,20 @@ def test_p2p_local_blender(ns):
                                                                    "a green circle on a yellow background"]
     words, run = ["triangle", "square", "circle"], dict(seed=7, num_inference_steps=5)
     engine = p2p.edit(pipe, source, targets, local_blend=p2p.LocalBlend(words, threshold=0.4, start=0.4), **run).images
-    mine = call_student(run_local_blender, forbidden, pipe, source, targets, words, cls, threshold=0.4, start=0.4, **run)
+
+    class Guarded:  # the student's blender, each of its calls with the package's own blend blocked
+        def __init__(self, *args):
+            from p2p_lab.forbidding import forbid
+
+            with forbid(*forbidden):
+                self.inner = cls(*args)
+
+        def add(self, probs, resolution):
+            call_student(self.inner.add, forbidden, probs, resolution)
+
+        def apply(self, step, z_src, z_tgt):
+            return call_student(self.inner.apply, forbidden, step, z_src, z_tgt)
+
+    mine = run_local_blender(pipe, source, targets, words, Guarded, threshold=0.4, start=0.4, **run)
     diff = float(np.abs(np.asarray(mine) - engine).max())
     assert diff < 1e-4, f"an edit through your LocalBlender differs from p2p.edit's local blend by {diff:.3g} (pixels in [0, 1])"
