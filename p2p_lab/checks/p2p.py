@@ -740,11 +740,10 @@ def _blender_reference(tokens, z_src, z_tgt, start_step, dilate, threshold, **pr
     """The engine's local blend (p2p_lab.p2p.blend.BlendState) fed the case's layers step by step."""
     from types import SimpleNamespace
 
-    from ..p2p.blend import BlendState, LocalBlend
+    from ..p2p.blend import BlendState
 
-    state = BlendState.__new__(BlendState)
-    state.opts, state.latent_hw = LocalBlend(["word"], threshold=threshold, dilate=dilate), tuple(z_src.shape[-2:])
-    state.first, state.tokens, state.acc, state.count = start_step, tokens, None, 0
+    opts = LocalBlend(["word"], threshold=threshold, dilate=dilate)
+    state = BlendState(opts, tokens, [h for h, _ in BLENDER_RES], z_src.shape[-2:], start_step)
     case, outs = dict(probs, tokens=tokens), []
     for s in range(z_src.shape[0]):
         if s >= start_step:  # the engine asks for the maps only from the first blended step on
@@ -784,25 +783,31 @@ def _blender_wrong(stale=False, early=False, nearest=False, inverted=False, last
     return compute
 
 
+def run_blender_case(blender_cls, tokens, z_src, z_tgt, start_step, dilate, threshold, **probs):
+    """A case of :func:`blender_cases` through ``blender_cls``, step by step as the sampler calls it:
+    every layer's ``add``, then ``apply``. Returns the targets' latents after each step, stacked."""
+    if not callable(blender_cls):
+        raise TypeError(f"pass the class LocalBlender itself, not {type(blender_cls).__name__}")
+    case = dict(probs, tokens=tokens)
+    blender = blender_cls(tokens.clone(), tuple(z_src.shape[-2:]), start_step, dilate, threshold)
+    outs = []
+    for s in range(z_src.shape[0]):
+        for p, res in _blender_layers(case, s):
+            blender.add(p.clone(), res)
+        out = blender.apply(s, z_src[s].clone(), z_tgt[s].clone())
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"apply returned {type(out).__name__} at step {s}: return the targets' latents, "
+                            f"a tensor shaped like z_tgt")
+        outs.append(out)
+    return torch.stack(outs)
+
+
 def check_local_blender(blender_cls) -> CheckResult:
     """Check a local-blend class ``blender_cls(tokens, latent_hw, start_step, dilate, threshold)``:
     during each step its ``add(probs, resolution)`` gets every blended layer's conditional
     probabilities, and after the step ``apply(step, z_src, z_tgt)`` returns the blended targets."""
-    def student(tokens, z_src, z_tgt, start_step, dilate, threshold, **probs):
-        if not callable(blender_cls):
-            raise TypeError(f"pass the class LocalBlender itself, not {type(blender_cls).__name__}")
-        case = dict(probs, tokens=tokens)
-        blender = blender_cls(tokens.clone(), tuple(z_src.shape[-2:]), start_step, dilate, threshold)
-        outs = []
-        for s in range(z_src.shape[0]):
-            for p, res in _blender_layers(case, s):
-                blender.add(p.clone(), res)
-            out = blender.apply(s, z_src[s].clone(), z_tgt[s].clone())
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(f"apply returned {type(out).__name__} at step {s}: return the targets' latents, "
-                                f"a tensor shaped like z_tgt")
-            outs.append(out)
-        return torch.stack(outs)
+    def student(**case):
+        return run_blender_case(blender_cls, **case)
 
     w = _blender_wrong
     mistakes = (
@@ -831,6 +836,8 @@ def check_local_blender(blender_cls) -> CheckResult:
 class _BlenderBridge:
     """The engine's view of the student's blender: every step's maps of the blended layers go to
     ``add``, and the latents after every step through ``apply``."""
+
+    last_mask = None  # the student's masks stay the student's
 
     def __init__(self, state, blender):
         self.res, self.blender = state.res, blender

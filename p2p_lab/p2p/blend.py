@@ -37,10 +37,13 @@ class LocalBlend:
             raise ValueError("LocalBlend needs at least one word")
 
     def state(self, tokenizer, prompts, layers, latent_hw, num_steps) -> "BlendState":
-        """What collects the words' maps and blends the latents during one edit. A subclass may
-        return its own object with BlendState's ``wants``, ``add`` and ``apply`` (notebook 05's
-        Exercise 10 runs a student's blend this way)."""
-        return BlendState(self, tokenizer, prompts, layers, latent_hw, num_steps)
+        """What collects the words' maps and blends the latents during one edit: the words' tokens
+        in each prompt, the blended layers' resolutions and the first blended step, resolved here. A
+        subclass may return its own object with BlendState's ``wants``, ``add``, ``apply`` and
+        ``last_mask`` (notebook 05's Exercise 10 runs a student's blend this way)."""
+        return BlendState(self, word_tokens(tokenizer, prompts, self.words),
+                          blend_resolutions(layers, latent_hw, self.resolutions), latent_hw,
+                          math.floor(round(self.start * num_steps, 6)))
 
 
 def blend_resolutions(layers, latent_hw, chosen=None) -> set[int]:
@@ -72,30 +75,33 @@ def word_mask(maps: torch.Tensor, dilate: int, threshold: float) -> torch.Tensor
     return m[1:] | m[:1]
 
 
-class BlendState:
-    """Accumulates the words' maps during one step and blends the latents after it."""
+def word_tokens(tokenizer, prompts, words) -> torch.Tensor:
+    """(rows, L): 1 at the tokens of any of ``words`` in each prompt; a word in none of them is an error."""
+    mask = torch.zeros(len(prompts), tokenizer.model_max_length)
+    for word in words:
+        hits = 0
+        for r, p in enumerate(prompts):
+            try:
+                mask[r, token_indices(tokenizer, p, word)] = 1.0
+                hits += 1
+            except ValueError:
+                pass
+        if not hits:
+            raise ValueError(f"local blend word {word!r} is in none of the prompts {prompts}")
+    return mask
 
-    def __init__(self, opts: LocalBlend, tokenizer, prompts, layers, latent_hw, num_steps):
-        self.opts, self.latent_hw = opts, tuple(latent_hw)
-        self.res = blend_resolutions(layers, latent_hw, opts.resolutions)
-        self.first = math.floor(round(opts.start * num_steps, 6))
-        self.tokens = self._token_mask(tokenizer, prompts)  # (rows, L)
+
+class BlendState:
+    """Accumulates the words' maps during one step and blends the latents after it.
+
+    tokens (rows, L): the blended words' tokens per prompt; res: the blended layers' resolutions;
+    first: the first blended step (see :meth:`LocalBlend.state`)."""
+
+    def __init__(self, opts: LocalBlend, tokens: torch.Tensor, res, latent_hw, first: int):
+        self.opts, self.tokens, self.res = opts, tokens, set(res)
+        self.latent_hw, self.first = tuple(latent_hw), first
         self.acc, self.count = None, 0
         self.last_mask = None  # the mask of the last blended step, (rows - 1, 1, h, w) bool
-
-    def _token_mask(self, tokenizer, prompts):
-        mask = torch.zeros(len(prompts), tokenizer.model_max_length)
-        for word in self.opts.words:
-            hits = 0
-            for r, p in enumerate(prompts):
-                try:
-                    mask[r, token_indices(tokenizer, p, word)] = 1.0
-                    hits += 1
-                except ValueError:
-                    pass
-            if not hits:
-                raise ValueError(f"local blend word {word!r} is in none of the prompts {prompts}")
-        return mask
 
     def wants(self, layer, step) -> bool:
         return layer.is_cross and layer.res in self.res and step >= self.first

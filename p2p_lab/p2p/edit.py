@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
-from .blend import BlendState, LocalBlend
+from .blend import LocalBlend
 from .cache import RunKey, SourceCache, make_room
 from .controls import EditControl, build_plan
 from .inversion import Inversion
@@ -235,7 +235,7 @@ def _finish(pipe, e: _Edit, z0: torch.Tensor) -> EditResult:
         e.cache.image = images[0].copy()
     e.cache.touch()
     make_room(e.cache)
-    last = getattr(e.control.blend, "last_mask", None)
+    last = None if e.control.blend is None else e.control.blend.last_mask
     mask = None if last is None else last[:, 0].cpu().numpy()
     return EditResult(images, [e.source, *e.targets], e.cache, e.control.store, e.from_cache, mask)
 

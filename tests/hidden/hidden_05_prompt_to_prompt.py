@@ -216,13 +216,13 @@ def test_p2p_edit_processor(ns):
 
 
 def test_p2p_local_blender(ns):
-    """Other seeded runs (more steps, other starts), then an edit of two targets sampled through the
+    """Runs of another seed (one again from a later start, wider dilation), then an edit of two targets through the
     student's blender against the engine's local blend (computed outside forbid)."""
     import numpy as np
 
     from p2p_lab import p2p
     from p2p_lab.checks._core import check_pipeline
-    from p2p_lab.checks.p2p import _blender_layers, _blender_reference, blender_cases, run_local_blender
+    from p2p_lab.checks.p2p import _blender_reference, blender_cases, run_blender_case, run_local_blender
 
     cls = student_function(ns, "LocalBlender")
     forbidden = PUBLIC["LocalBlender"] + ("p2p_lab.checks.p2p._blender_reference", "p2p_lab.p2p.edit.edit")
@@ -230,16 +230,8 @@ def test_p2p_local_blender(ns):
     for case in cases[:1]:  # the same run from a later start, with a wider dilation
         cases.append(dict(case, start_step=2, dilate=2, threshold=0.4))
 
-    def student(tokens, z_src, z_tgt, start_step, dilate, threshold, **probs):
-        def run():
-            blender = cls(tokens.clone(), tuple(z_src.shape[-2:]), start_step, dilate, threshold)
-            outs = []
-            for s in range(z_src.shape[0]):
-                for p, res in _blender_layers(dict(probs, tokens=tokens), s):
-                    blender.add(p.clone(), res)
-                outs.append(blender.apply(s, z_src[s].clone(), z_tgt[s].clone()))
-            return torch.stack(outs)
-        return call_student(run, forbidden)
+    def student(**case):
+        return call_student(run_blender_case, forbidden, cls, **case)
 
     _assert_passes("local_blender", student, _blender_reference, cases, atol=1e-6)
     pipe = check_pipeline()
