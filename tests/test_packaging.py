@@ -105,3 +105,42 @@ def test_installing_on_colab_upgrades_nothing_colab_ships_and_adds_no_lab_tools(
                     f"{req} would replace {name} {colab[name]} of the {set_name!r} library set"
     core = {_name(r) for r in meta["dependencies"]}
     assert not core & {"jupyterlab", "nbval", "pytest", "nbclient", "nbformat", "notebook", "playwright"}
+
+
+def _colab_home():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("colab_home_run", ROOT / ".ci" / "colab_home.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _notebook(*sources: str) -> str:
+    import nbformat
+
+    return nbformat.writes(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources]))
+
+
+def test_colab_home_runs_a_hung_notebook_once_more_and_reports_one_that_hangs_twice(tmp_path, monkeypatch,
+                                                                                    capsys):
+    """The Colab-like run cuts a hung cell off and runs its notebook again from a fresh kernel, once:
+    a notebook that hangs only the first time passes, one that hangs every time is a problem, and one
+    that fails for another reason is not run again."""
+    import sys
+
+    home = _colab_home()
+    monkeypatch.setattr(home, "CELL_TIMEOUT_S", 3)
+    marker = tmp_path / "hung-once"
+    notebooks = {
+        "a_hangs_once.ipynb": _notebook(f"import pathlib, time\nm = pathlib.Path({str(marker)!r})\n"
+                                        "if not m.exists():\n    m.write_text('x')\n    time.sleep(60)"),
+        "b_hangs_always.ipynb": _notebook("import time\ntime.sleep(60)"),
+        "c_raises.ipynb": _notebook("raise ValueError('a real failure')"),
+    }
+    problems = home.run_notebooks(Path(sys.executable), notebooks, tmp_path)
+    printed = capsys.readouterr().out
+    assert [p.split(" ")[0] for p in problems] == ["b_hangs_always.ipynb", "c_raises.ipynb"]
+    assert "a real failure" in problems[1]
+    assert printed.count("running it once more") == 2  # a and b, never c
+    assert "a_hangs_once.ipynb: ran in" in printed
