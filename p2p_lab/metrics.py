@@ -79,25 +79,29 @@ def map_correlation(a, b) -> float:
 
 def object_measures(image) -> dict:
     """What re-weighting a word can change, read off a picture: the main object's ``radius`` and
-    ``area`` (pixels) and ``hue`` (degrees, of its mean colour), and the background's ``bg_hue``;
-    nan where no object is found."""
+    ``area`` (pixels), ``hue`` (degrees, of its mean colour) and ``shading`` (the scorer's strength of
+    its tint-to-shade span, 0 when flat), and the background's ``bg_hue`` and ``spots`` (the share of
+    it that reads as light spots); nan where no object is found."""
     import colorsys
 
     img = np.asarray(image, np.float64)
-    obj = main_object(img)
+    r = _reading(img)
+    obj = main_object(r)
     hue = lambda rgb: 360.0 * colorsys.rgb_to_hsv(*np.clip(rgb, 0, 1))[0]  # noqa: E731
     if obj is None:
-        return {"radius": float("nan"), "area": float("nan"), "hue": float("nan"),
-                "bg_hue": hue(img.reshape(-1, 3).mean(0))}
+        return {"radius": float("nan"), "area": float("nan"), "hue": float("nan"), "shading": float("nan"),
+                "bg_hue": hue(img.reshape(-1, 3).mean(0)), "spots": float(r.spots)}
     return {"radius": float(obj.radius), "area": float(obj.mask.sum()), "hue": hue(img[obj.mask].mean(0)),
-            "bg_hue": hue(img[~obj.mask].mean(0))}
+            "shading": float(obj.shading), "bg_hue": hue(img[~obj.mask].mean(0)), "spots": float(r.spots)}
 
 
 def describe(image) -> str:
-    """What the scorer reads, in two short lines: "red circle" / "on blue"."""
+    """What the scorer reads, in two short lines: "red circle" / "on blue", with the appearance
+    words where it reads them ("shaded red circle" / "on spotted blue")."""
     r = _reading(image)
     obj = main_object(r)
-    return f"{obj.color} {obj.shape}\non {r.background}" if obj is not None else f"no object\non {r.background}"
+    what = " ".join(w for w in (obj.style, obj.color, obj.shape) if w) if obj is not None else "no object"
+    return f"{what}\non {' '.join(w for w in (r.background_style, r.background) if w)}"
 
 
 def centre_square(shape: tuple[int, int]) -> np.ndarray:

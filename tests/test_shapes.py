@@ -1,4 +1,6 @@
 """The shapes world: generator, captions, and the scorer that reads images back."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -178,3 +180,24 @@ def test_score_caption_checks_the_styles():
     res = shapes.score_caption(img, "a red circle on a blue background")  # asks for flat and plain
     assert not res["style"] and not res["background_style"] and res["color"] and not res["all"]
     assert shapes.score_caption(img, "a shaded red circle")["background_style"] is None
+
+
+def test_object_measures_and_describe_read_the_appearance_words_against_the_ground_truth():
+    """metrics.object_measures reads shading and spots as the generator drew them (a hand-made scene:
+    a drawn strength of 0.7 and four spots of known coverage), and describe names them; a flat scene
+    reads 0 and keeps its two plain lines."""
+    from p2p_lab.metrics import describe, object_measures
+
+    spots = ((4.0, 4.0, 2.0), (4.0, 27.0, 2.0), (27.0, 4.0, 2.0), (27.0, 27.0, 2.0))
+    spec = shapes.ShapeSpec("circle", "red", "big", (16.0, 16.0), 7.0, "shaded", 0.7)
+    scene = shapes.Scene((spec,), "blue", "spotted", spots)
+    img, masks = shapes.render(scene)
+    img = img / 255.0  # the pipeline's pictures: floats in [0, 1]
+    m = object_measures(img)
+    assert abs(m["shading"] - 0.7) < 0.08
+    covered = shapes.spot_mask(spots) > 0.5  # the spots' pixels, all clear of the object
+    assert abs(m["spots"] - covered.sum() / (~masks[0]).sum()) < 0.01
+    assert describe(img) == "shaded red circle\non spotted blue"
+    flat = shapes.render(shapes.Scene((dataclasses.replace(spec, style=None, strength=0.0),), "blue"))[0] / 255.0
+    assert object_measures(flat)["shading"] < shapes.SHADE_SPLIT and object_measures(flat)["spots"] == 0
+    assert describe(flat) == "red circle\non blue"
