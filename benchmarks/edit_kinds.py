@@ -22,7 +22,11 @@ attribute at each scale (mean over seeds), its Spearman correlation with c, and
 world. ``local_blend``: the mean change of the pixels outside the blend's mask (its last step's)
 without the blend, divided by the same with it (``outside_change_ratio``, the issue's figure); and
 the same outside both objects as the scorer reads them, grown by 2 px (``outside_objects_ratio``:
-does the blend keep the background, wherever its mask reaches).
+does the blend keep the background, wherever its mask reaches). What limits the ratio: the decoder
+spreads a latent change beyond its mask, so ``decoder_floor`` is the change outside the mask when the
+plain edit's latents are pasted into the source's inside the mask and decoded (both pictures
+re-encoded), and ``best_possible_ratio`` = the change without the blend over that floor: the most any
+latent blend with that mask could reach.
 
     python benchmarks/edit_kinds.py [--models data/shapes-ldm OTHER ...] [--seeds 50 | --quick]
 
@@ -131,11 +135,28 @@ def run_reweight(pipe, edit, styles: bool, seeds) -> dict:
             "response_share": round(float((resp[-1] - resp[0]) / (hi - lo)), 4), "n": len(rows)}
 
 
+def pasted_inside(pipe, source_image, edited_image, mask) -> np.ndarray:
+    """The source picture's latents with the edited picture's pasted inside ``mask`` (latent grid),
+    decoded, both encoded by the model's own encoder: the best a latent blend with that mask can do.
+    What it changes outside the mask is the decoder's doing alone (its convolutions and attention
+    carry the inside's change outwards), a floor under the blended edit's change there."""
+    import torch
+
+    from p2p_lab import ldm
+
+    z_src, z_edit = ldm.encode(pipe, torch.cat([ldm.image_to_tensor(source_image),
+                                                ldm.image_to_tensor(edited_image)]))
+    keep = torch.from_numpy(mask).to(z_src.dtype)
+    decoded = ldm.decode(pipe, torch.stack([z_src, z_src * (1 - keep) + z_edit * keep]))
+    a, b = ldm.to_numpy(decoded)
+    return source_image + (b - a)  # the paste's own change, laid on the source picture
+
+
 def run_local_blend(pipe, edit, styles: bool, seeds) -> dict:
     """The issue's figure: outside the blend's mask (its last step's, upsampled to the image), the
     mean change from the source without the blend over the same with it; and a stricter one: the
     same outside both objects as the scorer reads them (grown by 2 px), wherever the mask reaches."""
-    without, with_, obj_without, obj_with = [], [], [], []
+    without, with_, obj_without, obj_with, floor = [], [], [], [], []
     for seed in seeds:
         source, target, _ = make_pair("swap_shape", np.random.default_rng([13, seed]))
         if styles:
@@ -153,6 +174,7 @@ def run_local_blend(pipe, edit, styles: bool, seeds) -> dict:
         if outside_mask.any():
             without.append(diff(plain.target_images[0], outside_mask))
             with_.append(diff(blended.target_images[0], outside_mask))
+            floor.append(diff(pasted_inside(pipe, plain.source_image, plain.target_images[0], m), outside_mask))
         region = src.objects[0].mask.copy()
         for img in (plain.target_images[0], blended.target_images[0]):
             for o in shapes.read_image(img).objects:
@@ -169,6 +191,7 @@ def run_local_blend(pipe, edit, styles: bool, seeds) -> dict:
 
     return {"outside_change_ratio": ratio(without, with_), "outside_change_without": mean(without),
             "outside_change_with": mean(with_), "n": len(without),
+            "decoder_floor": mean(floor), "best_possible_ratio": ratio(without, floor),
             "outside_objects_ratio": ratio(obj_without, obj_with), "outside_objects_without": mean(obj_without),
             "outside_objects_with": mean(obj_with), "n_objects": len(obj_without)}
 

@@ -53,4 +53,23 @@ def test_smoke_run_prints_every_figure_as_json(load_benchmark, capsys):
     assert {"swap_colour", "swap_shape", "swap_background", "insert_content", "insert_style", "reweight",
             "local_blend"} <= set(out)
     assert out["reweight"]["scales"] == [-1.0, 0.0, 0.5, 1.0, 2.0, 4.0]
-    assert set(out["local_blend"]) >= {"outside_change_ratio", "outside_objects_ratio"}
+    assert set(out["local_blend"]) >= {"outside_change_ratio", "outside_objects_ratio", "decoder_floor",
+                                       "best_possible_ratio"}
+
+
+def test_the_decoder_floor_pastes_latents_inside_the_mask_only(load_benchmark, shipped_pipe):
+    """pasted_inside: an empty mask gives back the source picture; a full one lays on the source the
+    difference of the two pictures' decoded encodings, computed here with diffusers' AutoencoderKL."""
+    import torch
+
+    bench = load_benchmark("edit_kinds")
+    rng = np.random.default_rng(4)
+    src, edited = (rng.uniform(0, 1, (32, 32, 3)).astype(np.float32) for _ in range(2))
+    np.testing.assert_array_equal(bench.pasted_inside(shipped_pipe, src, edited, np.zeros((8, 8), bool)), src)
+    vae = shipped_pipe.vae
+    with torch.no_grad():
+        x = torch.from_numpy(np.stack([src, edited])).permute(0, 3, 1, 2) * 2 - 1
+        y = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1) / 2 + 0.5
+    want = src + (y[1] - y[0]).permute(1, 2, 0).numpy()
+    got = bench.pasted_inside(shipped_pipe, src, edited, np.ones((8, 8), bool))
+    np.testing.assert_allclose(got, want, atol=1e-5)
