@@ -44,15 +44,10 @@ from scipy import ndimage, stats
 
 from p2p_lab import shapes
 from p2p_lab.metrics import centroid_shift
+from p2p_lab.model import knows_appearance_words
 
 SCALES = (-1.0, 0.0, 0.5, 1.0, 2.0, 4.0)
 KINDS = ("swap_colour", "swap_shape", "swap_background", "insert_content", "insert_style")
-
-
-def has_styles(pipe) -> bool:
-    """Does the model know the world's appearance words (one token each)?"""
-    vocab = pipe.tokenizer.get_vocab()
-    return all(f"{w}</w>" in vocab for w in shapes.OBJECT_STYLES + shapes.BACKGROUND_STYLES)
 
 
 def make_pair(kind: str, rng: np.random.Generator) -> tuple[str, str, str]:
@@ -201,7 +196,7 @@ def evaluate(path: str, n_seeds: int) -> dict:
     from p2p_lab.p2p import edit
 
     pipe = load_pipeline(path, device="cpu")
-    styles, seeds = has_styles(pipe), range(n_seeds)
+    styles, seeds = knows_appearance_words(pipe), range(n_seeds)
     out = {k: (run_kind(pipe, edit, k, seeds) if styles or k != "insert_style" else None) for k in KINDS}
     out["reweight"] = run_reweight(pipe, edit, styles, seeds)
     out["local_blend"] = run_local_blend(pipe, edit, styles, seeds)

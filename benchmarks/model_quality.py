@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from p2p_lab import ldm, shapes
 from p2p_lab.metrics import centroid_shift
-from p2p_lab.model import load_pipeline, sampling_defaults
+from p2p_lab.model import knows_appearance_words, load_pipeline, sampling_defaults
 from p2p_lab.train import AttentionCapture, word_groups
 from p2p_lab.unet_attention import default_latent_hw
 
@@ -44,18 +44,12 @@ def generate(pipe, prompts, seeds, defaults, control=None):
                       latents=z, progress=False, control=control).numpy()
 
 
-def has_styles(pipe) -> bool:
-    """Does the model know the world's appearance words (a model trained on the styles world)?"""
-    vocab = pipe.tokenizer.get_vocab()
-    return all(f"{w}</w>" in vocab for w in shapes.OBJECT_STYLES + shapes.BACKGROUND_STYLES)
-
-
 def prompt_following(pipe, defaults, n_seeds, batch=42):
     combos = [(s, c, b) for s, c, b in itertools.product(shapes.SHAPES, shapes.COLORS, shapes.COLORS) if c != b]
     jobs = [(f"a {c} {s} on a {b} background", seed) for (s, c, b) in combos for seed in range(n_seeds)]
     extra = {"size_word": ([(f"a {z} {c} {s} on a {b} background", 1000 + i)
                             for i, ((s, c, b), z) in enumerate(zip(combos, itertools.cycle(shapes.SIZES)))], "size")}
-    if has_styles(pipe):
+    if knows_appearance_words(pipe):
         extra["style_word"] = ([(f"a shaded {c} {s} on a {b} background", 2000 + i)
                                 for i, (s, c, b) in enumerate(combos)], "style")
         extra["background_style_word"] = ([(f"a {c} {s} on a spotted {b} background", 3000 + i)
@@ -70,7 +64,7 @@ def prompt_following(pipe, defaults, n_seeds, batch=42):
     scores = groups[0][1]
     out = {"n": len(scores), "color": mean(scores, "color"), "background": mean(scores, "background"),
            "shape": mean(scores, "shape"), "all": mean(scores, "all")}
-    if has_styles(pipe):  # a base-form prompt asks for a flat object on a plain background
+    if knows_appearance_words(pipe):  # a base-form prompt asks for a flat object on a plain background
         out["flat"], out["plain_background"] = mean(scores, "style"), mean(scores, "background_style")
     for (name, (_, key)), (_, rows) in zip(extra.items(), groups[1:]):
         out[f"{name}_n"], out[name] = len(rows), mean(rows, key)
@@ -89,7 +83,7 @@ def seconds_per_image(pipe, defaults, repeats=5):
 def attention_readability(pipe, defaults, n=60):
     """Mass-in-mask / area share for the shape and colour words at the finest latent resolution."""
     rng = np.random.default_rng(0)
-    styles = has_styles(pipe)
+    styles = knows_appearance_words(pipe)
     scenes = [shapes.sample_scene(rng, p_style=0.5 if styles else 0.0) for _ in range(n)]
     prompts = [shapes.caption(s) for s in scenes]
     capture = AttentionCapture(default_latent_hw(pipe))  # the loop sets n_uncond: conditional rows kept
@@ -126,7 +120,7 @@ def autoencoder(pipe, n=1000):
     from p2p_lab.train import images_to_tensor
 
     rng = np.random.default_rng(987654)  # not the training scenes' seed
-    p = (0.4, 0.35) if has_styles(pipe) else (0.0, 0.0)  # the world the model was trained on
+    p = (0.4, 0.35) if knows_appearance_words(pipe) else (0.0, 0.0)  # the world the model was trained on
     scenes = [shapes.sample_scene(rng, p_style=p[0], p_background_style=p[1]) for _ in range(n)]
     x = images_to_tensor(np.stack([shapes.render(s)[0] for s in scenes]))
     vae = pipe.vae

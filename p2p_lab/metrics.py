@@ -95,13 +95,15 @@ def object_measures(image) -> dict:
             "shading": float(obj.shading), "bg_hue": hue(img[~obj.mask].mean(0)), "spots": float(r.spots)}
 
 
-def describe(image) -> str:
+def describe(image, styles: bool = True) -> str:
     """What the scorer reads, in two short lines: "red circle" / "on blue", with the appearance
-    words where it reads them ("shaded red circle" / "on spotted blue")."""
+    words where it reads them ("shaded red circle" / "on spotted blue") unless ``styles`` is False
+    (for a model that never learnt them)."""
     r = _reading(image)
     obj = main_object(r)
-    what = " ".join(w for w in (obj.style, obj.color, obj.shape) if w) if obj is not None else "no object"
-    return f"{what}\non {' '.join(w for w in (r.background_style, r.background) if w)}"
+    style, bg_style = (obj.style if obj is not None else None, r.background_style) if styles else (None, None)
+    what = " ".join(w for w in (style, obj.color, obj.shape) if w) if obj is not None else "no object"
+    return f"{what}\non {' '.join(w for w in (bg_style, r.background) if w)}"
 
 
 def centre_square(shape: tuple[int, int]) -> np.ndarray:
@@ -117,9 +119,10 @@ class EditScores:
     Diffusion, whose photographs have no ground truth to read. Notebooks 05 and 06 score with it."""
 
     def __init__(self, pipe):
-        from .model import model_kind
+        from .model import knows_appearance_words, model_kind
 
         self.readable = model_kind(pipe) == "shapes"
+        self.styles = self.readable and knows_appearance_words(pipe)
 
     def shift(self, a, b) -> float:
         return centroid_shift(a, b) if self.readable else float("nan")
@@ -128,7 +131,7 @@ class EditScores:
         return float(edit_correct(image, prompt)) if self.readable else float("nan")
 
     def describe(self, image) -> str:
-        return describe(image) if self.readable else ""
+        return describe(image, self.styles) if self.readable else ""
 
     def object_mask(self, image, grow: int = 3) -> np.ndarray:
         """The main object's pixels, grown by ``grow``; the central half where none can be read."""

@@ -477,6 +477,15 @@ def model_kind(pipe) -> str:
         f"{MODEL_ENV} to one of {_working_ids()}.")
 
 
+def knows_appearance_words(pipe) -> bool:
+    """Was the model trained on the world's appearance words ("shaded", "spotted"), one token each?
+    The shipped flat-world model was not; its successors are."""
+    from . import shapes
+
+    vocab = pipe.tokenizer.get_vocab()
+    return all(f"{w}</w>" in vocab for w in shapes.OBJECT_STYLES + shapes.BACKGROUND_STYLES)
+
+
 def describe_model(pipe) -> str:
     """One line for a notebook's model cell: which model, why, image size, device and dtype."""
     choice = getattr(pipe, "p2p_lab_choice", None)

@@ -379,3 +379,19 @@ def test_offline_tries_each_id_in_the_cache_then_names_the_network(fake_hub):
     with pytest.warns(ModelFallbackWarning, match=f"{V14} could not be loaded \\(OSError\\); using {V15}"):
         pipe = load_pipeline(V14, device="cpu")
     assert hub.loaded == [V14, V15] and pipe.p2p_lab_hub_id == V15
+
+
+def test_knows_appearance_words_tells_the_flat_world_model_from_its_successors(shipped_pipe, tmp_path):
+    """The shipped model's vocabulary has no "shaded" or "spotted"; a tokenizer built today for the
+    styles world (what `python -m p2p_lab train` writes) has both, one token each; the scorer's labels
+    name appearance words only on a model that knows them."""
+    import types
+
+    from p2p_lab.metrics import EditScores
+    from p2p_lab.model import knows_appearance_words
+    from p2p_lab.tokenizer import build_tokenizer
+
+    assert not knows_appearance_words(shipped_pipe)
+    styled = types.SimpleNamespace(tokenizer=build_tokenizer(tmp_path), unet=shipped_pipe.unet)
+    assert knows_appearance_words(styled)
+    assert EditScores(styled).styles and not EditScores(shipped_pipe).styles
