@@ -16,7 +16,8 @@ their prompt asks are scored (``n`` says how many).
 
 A swap or insertion succeeds when the edited picture reads as the target and everything else
 keeps the source's reading (shape, colour, background, object style, background style);
-``shift_px`` is the median centroid movement of the edited object. ``reweight``: the measured
+``shift_px`` is the median centroid movement of the edited object; ``failures`` counts, over the
+failed edits, each attribute read wrongly (what limits the success rate). ``reweight``: the measured
 attribute at each scale (mean over seeds), its Spearman correlation with c, and
 ``response_share`` = (response at the largest c - at the smallest) / the attribute's range in the
 world. ``local_blend``: the mean change of the pixels outside the blend's mask (its last step's)
@@ -80,19 +81,25 @@ def reading_of(image) -> dict | None:
             "background_style": r.background_style, "object": o}
 
 
-def edit_success(src: dict, tgt: dict | None, target: str, changed: str) -> bool:
-    """The target reads as asked, and every attribute but ``changed`` as in the source."""
+def mismatches(src: dict, tgt: dict | None, target: str, changed: str) -> list[str]:
+    """The attributes the edited picture gets wrong: ``changed`` not read as the target asks, or any
+    other attribute not read as in the source; ["unreadable"] when the scorer reads no single object."""
     if tgt is None:
-        return False
+        return ["unreadable"]
     want = shapes.parse_caption(target)
     w = want["objects"][0]
     asked = {"shape": w["shape"], "color": w["color"], "style": w["style"], "background": want["background"]}
-    return all(tgt[k] == (asked[k] if k == changed else src[k])
-               for k in ("shape", "color", "style", "background", "background_style"))
+    return [k for k in ("shape", "color", "style", "background", "background_style")
+            if tgt[k] != (asked[k] if k == changed else src[k])]
+
+
+def edit_success(src: dict, tgt: dict | None, target: str, changed: str) -> bool:
+    """The target reads as asked, and every attribute but ``changed`` as in the source."""
+    return not mismatches(src, tgt, target, changed)
 
 
 def run_kind(pipe, edit, kind, seeds) -> dict:
-    ok, shifts, n = [], [], 0
+    ok, shifts, n, failures = [], [], 0, {}
     for seed in seeds:
         source, target, changed = make_pair(kind, np.random.default_rng([7, seed]))
         res = edit(pipe, source, target, seed=seed)
@@ -101,11 +108,15 @@ def run_kind(pipe, edit, kind, seeds) -> dict:
             continue
         n += 1
         tgt = reading_of(res.target_images[0])
-        ok.append(edit_success(src, tgt, target, changed))
+        wrong = mismatches(src, tgt, target, changed)
+        ok.append(not wrong)
+        for k in wrong:
+            failures[k] = failures.get(k, 0) + 1
         if tgt is not None:
             shifts.append(centroid_shift(src["object"], tgt["object"]))
     return {"success": round(float(np.mean(ok)), 4) if ok else None,
-            "shift_px": round(float(np.median(shifts)), 3) if shifts else None, "n": n}
+            "shift_px": round(float(np.median(shifts)), 3) if shifts else None, "n": n,
+            "failures": dict(sorted(failures.items()))}
 
 
 def run_reweight(pipe, edit, styles: bool, seeds) -> dict:

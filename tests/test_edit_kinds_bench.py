@@ -43,6 +43,10 @@ def test_success_needs_the_target_and_everything_else_kept(load_benchmark):
     spotted = _reading(bench, "square", "red", "blue", spots=((3.0, 3.0, 2.0), (28.0, 28.0, 2.0), (3.0, 28.0, 2.0)))
     assert not bench.edit_success(src, spotted, "a red square on a blue background", "shape")  # spots appeared
     assert bench.edit_success(src, _reading(bench, "square", "red", "blue"), "a red square on a blue background", "shape")
+    assert bench.mismatches(src, shaded_green, target, "style") == ["color"]
+    assert bench.mismatches(src, spotted, "a red square on a blue background", "shape") == ["background_style"]
+    assert bench.mismatches(src, src, target, "style") == ["style"]
+    assert bench.mismatches(src, None, target, "style") == ["unreadable"]
 
 
 def test_smoke_run_prints_every_figure_as_json(load_benchmark, capsys):
