@@ -88,3 +88,46 @@ def test_exercises_match_hidden_tests(notebook):
     assert sorted(seen) == sorted(questions), f"{path.name}: every hidden question has one exercise cell"
     if path.stem in ("01_attention", "02_cross_attention"):
         assert len(seen) >= 2
+
+
+def _unshown_figures(source: str) -> list[str]:
+    """Calls of viz.plot_* whose figure is dropped: the course's figures are matplotlib Figures that
+    Jupyter shows only as a cell's last expression or through display(), so one made mid-cell and
+    neither assigned nor displayed never appears."""
+    import ast
+
+    code = "\n".join("" if line.lstrip().startswith(("!", "%")) else line for line in source.splitlines())
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:  # the Colab set-up cell's "!pip" line: nothing drawn there
+        return []
+    dropped = []
+
+    def walk(stmts, last_shows):
+        for k, s in enumerate(stmts):
+            shown = last_shows and k == len(stmts) - 1
+            if isinstance(s, ast.Expr) and isinstance(s.value, ast.Call) and not shown:
+                name = ast.unparse(s.value.func)
+                if re.search(r"(^|\.)plot_\w+$", name):
+                    dropped.append(f"line {s.lineno}: {name}")
+            if not isinstance(s, (ast.FunctionDef, ast.ClassDef)):
+                for part in ("body", "orelse", "finalbody"):
+                    walk(getattr(s, part, []) or [], False)
+
+    walk(tree.body, True)
+    return dropped
+
+
+def test_the_figure_finder_finds_a_dropped_figure():
+    assert _unshown_figures("fig = viz.plot_images(a)\nviz.plot_images(b)\nx = 1") == ["line 2: viz.plot_images"]
+    assert _unshown_figures("if ok:\n    viz.plot_curve(a)\nelse:\n    display(viz.plot_curve(b))") == \
+        ["line 2: viz.plot_curve"]
+    assert _unshown_figures("x = 1\nviz.plot_images(a)") == []  # the last expression is shown
+
+
+def test_every_figure_made_is_shown(notebook):
+    path, nb = notebook
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            assert not _unshown_figures(cell.source), f"{path.name} cell {i}: {_unshown_figures(cell.source)} " \
+                "draws a figure nobody sees: wrap it in display(...) or make it the cell's last line"
