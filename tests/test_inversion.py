@@ -40,7 +40,8 @@ def test_ddim_inversion_is_the_formula_written_out(shipped_pipe):
     with torch.no_grad():
         z = shipped_pipe.vae.encode(x).latent_dist.mean * shipped_pipe.vae.config.scaling_factor
         c = ldm.encode_text(shipped_pipe, [S])
-        assert torch.allclose(inv.z_0, z, atol=1e-4)
+        assert torch.allclose(inv.z_0, z, atol=1e-4)  # float32 noise of another memory layout: up to 6e-5
+        z = inv.z_0.clone()  # so that each step below is checked alone, to float precision
         ts = [int(t) for t in sch.timesteps][::-1]  # 1, 251, 501, 751
         for k, t in enumerate(ts):
             a_prev = abar[ts[k - 1]] if k else sch.final_alpha_cumprod

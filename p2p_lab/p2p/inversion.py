@@ -116,7 +116,7 @@ def load_image(image, size: int) -> np.ndarray:
             raise ValueError(f"a float image must hold values in [0, 1], got {lo:.3g}..{hi:.3g}"
                              + ("; divide 0..255 values by 255 (or pass uint8)" if hi > 1 else ""))
     x = ldm.image_to_tensor(arr, size)  # (1, 3, size, size) in [0, 1]
-    return ldm.to_numpy(x)[0]  # (size, size, 3)
+    return np.ascontiguousarray(ldm.to_numpy(x)[0])  # (size, size, 3), one memory layout whatever came in
 
 
 # ---------------------------------------------------------------- the methods, one class each
