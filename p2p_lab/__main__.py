@@ -17,10 +17,21 @@ def _add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
 
 
 def _train(args) -> int:
-    from .train import TrainConfig, main
+    from .train import _RUN_ONLY, RECIPES, TrainConfig, main, run_recipe
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    folder = main(cfg)
+    if args.recipe is None:
+        folder = main(cfg)
+    else:
+        if args.recipe not in RECIPES:
+            raise SystemExit(f"unknown recipe {args.recipe!r}; the recipes are {sorted(RECIPES)}")
+        fixed = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(TrainConfig)
+                 if f.name not in _RUN_ONLY and getattr(cfg, f.name) != f.default]
+        if fixed:
+            raise SystemExit(f"--recipe {args.recipe} sets every training setting itself; drop {' '.join(fixed)} "
+                             f"(only --out, --export, --threads, --progress and the checkpoint intervals go with it)")
+        run = {k: getattr(cfg, k) for k in _RUN_ONLY - {"out", "export"}}
+        folder = run_recipe(RECIPES[args.recipe], cfg.out, cfg.export, **run)
     print(f"pipeline written to {folder}")
     return 0
 
@@ -35,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help=COMMANDS["train"][0])
     _add_dataclass_args(p, TrainConfig)
+    p.add_argument("--recipe", default=None, metavar="NAME",
+                   help="train a named recipe run by run (each fine-tuning the one before; 'shipped' is the "
+                        "shipped model), resumable as one run is")
     _register_extra(sub)
     return parser
 

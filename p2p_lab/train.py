@@ -18,6 +18,9 @@ object's words and pixels outside to the background word. Large models learn suc
 alone; a model this small, trained for an hour on a CPU, reads the prompt through the end and padding
 tokens instead unless it is helped.
 
+The shipped model is a recipe of such runs, each fine-tuning the one before (``RECIPES``):
+``python -m p2p_lab train --recipe shipped`` trains it, each run resumable as above.
+
 Runs through Hugging Face ``accelerate``: the same command uses a GPU where there is one.
 Checkpoints are safetensors (weights and optimizer moments) plus a JSON file of counters.
 """
@@ -580,21 +583,29 @@ _RUN_ONLY = {"out", "export", "threads", "progress", "checkpoint_every", "export
 _TOTALS = ("vae_steps", "steps", "decoder_steps")  # a finished run may be extended by raising these
 
 
+def _settings_differ(out: Path, cfg: TrainConfig, mcfg: ModelConfig, totals_too: bool = False) -> list[str]:
+    """The settings in which ``out``'s run differs from ``cfg`` and ``mcfg`` (run-only ones aside;
+    the step totals too when ``totals_too``), each as 'part.name: there, now'."""
+    old = json.loads((out / "config.json").read_text())
+    new = json.loads(json.dumps({"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(mcfg)}))
+    return [f"{part}.{k}: {old[part].get(k)!r} there, {v!r} now" for part in ("train", "model")
+            for k, v in new[part].items()
+            if k not in _RUN_ONLY and (totals_too or k not in _TOTALS) and old.get(part, {}).get(k) != v]
+
+
 def check_resumable(out: Path, cfg: TrainConfig, mcfg: ModelConfig) -> None:
     """Refuse a checkpoint folder trained with other settings (resuming it would mix two runs'
     weights) or a finished run asked for nothing more, naming what differs and the fix. Raising a
     stage's step total extends a run; anything else must match."""
     if not (out / "config.json").exists():
         return
-    old = json.loads((out / "config.json").read_text())
-    new = json.loads(json.dumps({"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(mcfg)}))
-    diff = [f"{part}.{k}: {old[part].get(k)!r} there, {v!r} now" for part in ("train", "model")
-            for k, v in new[part].items()
-            if k not in _RUN_ONLY and k not in _TOTALS and old.get(part, {}).get(k) != v]
+    diff = _settings_differ(out, cfg, mcfg)
     if diff:
         raise ValueError(f"{out} holds checkpoints of a run with other settings ({'; '.join(diff)}); "
                          f"resume it with the same settings, or pass a new --out folder.")
-    if (out / "done.json").exists() and all(new["train"][k] <= old["train"][k] for k in _TOTALS):
+    old = json.loads((out / "config.json").read_text())
+    new = dataclasses.asdict(cfg)
+    if (out / "done.json").exists() and all(new[k] <= old["train"][k] for k in _TOTALS):
         raise ValueError(f"{out} holds a finished training run (done.json): nothing is left to train "
                          f"at these step counts, and its pipeline was exported already. Raise --steps "
                          f"(or --vae-steps, --decoder-steps) to train on, or pass a new --out folder.")
@@ -642,3 +653,47 @@ def main(cfg: TrainConfig, mcfg: ModelConfig | None = None) -> Path:
                                                "device": str(accelerator.device),
                                                "threads": torch.get_num_threads()}))
     return Path(cfg.export)
+
+
+# ------------------------------------------------------------------ the shipped model's recipe
+
+# The shipped model, run by run: each entry a TrainConfig's settings; every run after the first
+# fine-tunes the previous run's pipeline (init_from). ``python -m p2p_lab train --recipe shipped``.
+RECIPES: dict[str, tuple[dict, ...]] = {
+    "shipped": (
+        dict(vae_steps=10_000),  # the autoencoder (longer than the default), 6000 UNet steps, the decoder
+        dict(attn_loss_weight=0.02),  # 6000 more UNet steps, a lighter attention loss
+        dict(attn_loss_weight=0.02, lr=4e-4, seed=1),  # 6000 more at half the rate, on newly drawn scenes
+    ),
+}
+
+
+def run_recipe(stages, out: str | Path, export: str | Path, **run_settings) -> Path:
+    """Train ``stages`` (TrainConfig settings, one dict per run) one after another: run k in
+    ``out/run-k``, fine-tuning run k - 1's pipeline, the last one's exported to ``export``.
+
+    Each run resumes as a single run does, so an interrupted recipe picks up where it stopped; a
+    finished run (done.json) is kept if its settings are the recipe's, refused if not.
+    ``run_settings``: settings that change how the runs go, not what they train (threads, progress,
+    checkpoint_every, export_every)."""
+    import shutil
+
+    extra = set(run_settings) - (_RUN_ONLY - {"out", "export"})
+    if extra:
+        raise ValueError(f"a recipe fixes what each run trains; only {sorted(_RUN_ONLY - {'out', 'export'})} "
+                         f"may be set beside it (got {sorted(extra)})")
+    previous = None
+    for k, settings in enumerate(stages):
+        folder = Path(out) / f"run-{k}"
+        cfg = TrainConfig(**{**settings, **run_settings, "out": str(folder), "export": str(folder / "export"),
+                             "init_from": previous})
+        if (folder / "done.json").exists():
+            diff = _settings_differ(folder, cfg, ModelConfig(), totals_too=True)
+            if diff:
+                raise ValueError(f"{folder} holds a finished run with other settings than the recipe's "
+                                 f"({'; '.join(diff)}); pass a new --out folder.")
+        else:
+            main(cfg)
+        previous = str(folder / "export")
+    shutil.copytree(previous, export, dirs_exist_ok=True)
+    return Path(export)

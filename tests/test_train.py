@@ -236,3 +236,44 @@ def test_a_foreign_or_finished_checkpoint_is_refused(tmp_path):
     with pytest.raises(ValueError, match="finished training run.*Raise --steps"):
         check_resumable(out, TrainConfig(), ModelConfig())
     check_resumable(out, TrainConfig(steps=TrainConfig().steps + 1000), ModelConfig())  # extends it
+
+
+TINY_RUN = dict(n_scenes=64, vae_steps=2, vae_batch=4, batch=4, decoder_steps=2, decoder_batch=4, warmup=2, steps=2)
+
+
+def test_a_recipe_is_its_runs_chained_by_hand_and_skips_finished_runs(tmp_path):
+    from p2p_lab.train import run_recipe
+
+    stages = (dict(TINY_RUN), dict(TINY_RUN, attn_loss_weight=0.01, seed=1))
+    run_recipe(stages, tmp_path / "recipe", tmp_path / "recipe-export", progress=False, checkpoint_every=2,
+               export_every=100)
+    # the same two runs by hand: train, then fine-tune its pipeline with the second run's settings
+    flags = lambda d: [x for k, v in d.items() for x in (f"--{k.replace('_', '-')}", str(v))]  # noqa: E731
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert cli(["train", "--out", str(first), "--export", str(first / "export"), "--no-progress",
+                *flags(stages[0])]) == 0
+    assert cli(["train", "--out", str(second), "--export", str(second / "export"), "--no-progress",
+                "--init-from", str(first / "export"), *flags(stages[1])]) == 0
+    for part in ("unet/diffusion_pytorch_model", "text_encoder/model", "vae/diffusion_pytorch_model"):
+        a = load_file(str(tmp_path / "recipe-export" / f"{part}.safetensors"))
+        b = load_file(str(second / "export" / f"{part}.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    # run again: both runs are finished and are the recipe's, so nothing trains and the export is kept
+    stamp = (tmp_path / "recipe" / "run-1" / "done.json").stat().st_mtime_ns
+    run_recipe(stages, tmp_path / "recipe", tmp_path / "recipe-export", progress=False)
+    assert (tmp_path / "recipe" / "run-1" / "done.json").stat().st_mtime_ns == stamp
+    # a finished run trained otherwise is refused, naming the setting
+    with pytest.raises(ValueError, match=r"run-1 holds a finished run with other settings.*seed: 1 there, 2 now"):
+        run_recipe((stages[0], dict(stages[1], seed=2)), tmp_path / "recipe", tmp_path / "x", progress=False)
+    with pytest.raises(ValueError, match=r"only \[.*threads.*\] may be set beside it \(got \['lr'\]\)"):
+        run_recipe(stages, tmp_path / "recipe", tmp_path / "x", lr=1.0)
+
+
+def test_the_recipe_flag_refuses_training_settings_and_unknown_names(tmp_path):
+    with pytest.raises(SystemExit, match="unknown recipe 'tiny'; the recipes are \\['shipped'\\]"):
+        cli(["train", "--recipe", "tiny", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="sets every training setting itself; drop --steps"):
+        cli(["train", "--recipe", "shipped", "--steps", "5", "--out", str(tmp_path)])
+    from p2p_lab.train import RECIPES, TrainConfig
+    for settings in RECIPES["shipped"]:
+        TrainConfig(**settings)  # every run of the shipped recipe names real settings
