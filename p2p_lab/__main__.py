@@ -17,20 +17,16 @@ def _add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
 
 
 def _train(args) -> int:
-    from .train import _RUN_ONLY, RECIPES, TrainConfig, main, run_recipe
+    from .train import RECIPES, TrainConfig, main, recipe_run_settings, run_recipe
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     if args.recipe is None:
         folder = main(cfg)
     else:
-        if args.recipe not in RECIPES:
-            raise SystemExit(f"unknown recipe {args.recipe!r}; the recipes are {sorted(RECIPES)}")
-        fixed = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(TrainConfig)
-                 if f.name not in _RUN_ONLY and getattr(cfg, f.name) != f.default]
-        if fixed:
-            raise SystemExit(f"--recipe {args.recipe} sets every training setting itself; drop {' '.join(fixed)} "
-                             f"(only --out, --export, --threads, --progress and the checkpoint intervals go with it)")
-        run = {k: getattr(cfg, k) for k in _RUN_ONLY - {"out", "export"}}
+        try:
+            run = recipe_run_settings(args.recipe, cfg)
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
         folder = run_recipe(RECIPES[args.recipe], cfg.out, cfg.export, **run)
     print(f"pipeline written to {folder}")
     return 0

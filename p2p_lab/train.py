@@ -668,6 +668,20 @@ RECIPES: dict[str, tuple[dict, ...]] = {
 }
 
 
+def recipe_run_settings(name: str, cfg: TrainConfig) -> dict:
+    """What a command line may set beside ``--recipe name``: the settings of ``cfg`` that change how
+    the runs go (threads, progress, checkpoint intervals). An unknown recipe, or a training setting
+    changed from its default beside a recipe (the recipe fixes those), is refused by name."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; the recipes are {sorted(RECIPES)}")
+    fixed = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(TrainConfig)
+             if f.name not in _RUN_ONLY and getattr(cfg, f.name) != f.default]
+    if fixed:
+        raise ValueError(f"--recipe {name} sets every training setting itself; drop {' '.join(fixed)} (only --out, "
+                         f"--export, --threads, --progress and the checkpoint intervals go with it)")
+    return {k: getattr(cfg, k) for k in _RUN_ONLY - {"out", "export"}}
+
+
 def run_recipe(stages, out: str | Path, export: str | Path, **run_settings) -> Path:
     """Train ``stages`` (TrainConfig settings, one dict per run) one after another: run k in
     ``out/run-k``, fine-tuning run k - 1's pipeline, the last one's exported to ``export``.

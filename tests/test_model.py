@@ -382,16 +382,22 @@ def test_offline_tries_each_id_in_the_cache_then_names_the_network(fake_hub):
 
 
 def test_knows_appearance_words_tells_the_flat_world_model_from_its_successors(shipped_pipe, tmp_path):
-    """The shipped model's vocabulary has no "shaded" or "spotted"; a tokenizer built today for the
-    styles world (what `python -m p2p_lab train` writes) has both, one token each; the scorer's labels
-    name appearance words only on a model that knows them."""
+    """The shipped model's vocabulary has "shaded" and "spotted", one token each, as a tokenizer built
+    today for the world (what `python -m p2p_lab train` writes) does; one built from the flat world's
+    words alone (the model shipped before) has neither; the scorer's labels name appearance words only
+    on a model that knows them."""
     import types
 
+    from p2p_lab import shapes
     from p2p_lab.metrics import EditScores
     from p2p_lab.model import knows_appearance_words
-    from p2p_lab.tokenizer import build_tokenizer
+    from p2p_lab.tokenizer import build_tokenizer, world_words
 
-    assert not knows_appearance_words(shipped_pipe)
-    styled = types.SimpleNamespace(tokenizer=build_tokenizer(tmp_path), unet=shipped_pipe.unet)
+    assert knows_appearance_words(shipped_pipe)
+    styled = types.SimpleNamespace(tokenizer=build_tokenizer(tmp_path / "today"), unet=shipped_pipe.unet)
     assert knows_appearance_words(styled)
-    assert EditScores(styled).styles and not EditScores(shipped_pipe).styles
+    appearance = set(shapes.OBJECT_STYLES + shapes.BACKGROUND_STYLES)
+    flat_words = [w for w in world_words() if w not in appearance]
+    flat = types.SimpleNamespace(tokenizer=build_tokenizer(tmp_path / "flat", flat_words), unet=shipped_pipe.unet)
+    assert "shaded</w>" not in flat.tokenizer.get_vocab() and not knows_appearance_words(flat)
+    assert EditScores(styled).styles and EditScores(shipped_pipe).styles and not EditScores(flat).styles
