@@ -479,7 +479,7 @@ def model_kind(pipe) -> str:
 
 def knows_appearance_words(pipe) -> bool:
     """Was the model trained on the world's appearance words ("shaded", "spotted"), one token each?
-    The shipped flat-world model was not; its successors are."""
+    The flat-world model shipped before this one was not; the shipped model is."""
     from . import shapes
 
     vocab = pipe.tokenizer.get_vocab()
