@@ -581,6 +581,7 @@ def export(folder: Path, vae, unet, text_encoder, tokenizer) -> None:
 # settings that change how a run goes, not what it trains
 _RUN_ONLY = {"out", "export", "threads", "progress", "checkpoint_every", "export_every"}
 _TOTALS = ("vae_steps", "steps", "decoder_steps")  # a finished run may be extended by raising these
+_RECIPE_RUN_ONLY = _RUN_ONLY - {"out", "export"}  # what may be set beside a recipe (it names its own folders)
 
 
 def _settings_differ(out: Path, cfg: TrainConfig, mcfg: ModelConfig, totals_too: bool = False) -> list[str]:
@@ -679,7 +680,7 @@ def recipe_run_settings(name: str, cfg: TrainConfig) -> dict:
     if fixed:
         raise ValueError(f"--recipe {name} sets every training setting itself; drop {' '.join(fixed)} (only --out, "
                          f"--export, --threads, --progress and the checkpoint intervals go with it)")
-    return {k: getattr(cfg, k) for k in _RUN_ONLY - {"out", "export"}}
+    return {k: getattr(cfg, k) for k in _RECIPE_RUN_ONLY}
 
 
 def run_recipe(stages, out: str | Path, export: str | Path, **run_settings) -> Path:
@@ -692,9 +693,9 @@ def run_recipe(stages, out: str | Path, export: str | Path, **run_settings) -> P
     checkpoint_every, export_every)."""
     import shutil
 
-    extra = set(run_settings) - (_RUN_ONLY - {"out", "export"})
+    extra = set(run_settings) - _RECIPE_RUN_ONLY
     if extra:
-        raise ValueError(f"a recipe fixes what each run trains; only {sorted(_RUN_ONLY - {'out', 'export'})} "
+        raise ValueError(f"a recipe fixes what each run trains; only {sorted(_RECIPE_RUN_ONLY)} "
                          f"may be set beside it (got {sorted(extra)})")
     previous = None
     for k, settings in enumerate(stages):
