@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import Counter
 
 import numpy as np
 from scipy import ndimage, stats
@@ -99,7 +100,7 @@ def edit_success(src: dict, tgt: dict | None, target: str, changed: str) -> bool
 
 
 def run_kind(pipe, edit, kind, seeds) -> dict:
-    ok, shifts, n, failures = [], [], 0, {}
+    ok, shifts, n, failures = [], [], 0, Counter()
     for seed in seeds:
         source, target, changed = make_pair(kind, np.random.default_rng([7, seed]))
         res = edit(pipe, source, target, seed=seed)
@@ -110,8 +111,7 @@ def run_kind(pipe, edit, kind, seeds) -> dict:
         tgt = reading_of(res.target_images[0])
         wrong = mismatches(src, tgt, target, changed)
         ok.append(not wrong)
-        for k in wrong:
-            failures[k] = failures.get(k, 0) + 1
+        failures.update(wrong)
         if tgt is not None:
             shifts.append(centroid_shift(src["object"], tgt["object"]))
     return {"success": round(float(np.mean(ok)), 4) if ok else None,
