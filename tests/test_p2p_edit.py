@@ -539,5 +539,9 @@ def test_reweight_response_measures_each_scale_against_the_unedited_picture(ship
         assert np.allclose(got[word], want, atol=0.5), (word, got[word], want)
         assert got[word][1] == 0.0
     assert abs(got["blue"][0]) > 5  # the background word's column gone: the hue moves
+    # a re-weighting scales the source's maps, so with cross_tau = 0 (never the source's) it does nothing
+    off = reweight_response(shipped_pipe, prompt, {"blue": "bg_hue"}, (0.0, 1.0, 3.0), seeds=(0,),
+                            num_inference_steps=steps, cross_tau=0.0)
+    assert np.abs(off["blue"]).max() < 0.01, off
     with pytest.raises(ValueError, match="put 1.0 in the scales"):
         reweight_response(shipped_pipe, prompt, {"blue": "bg_hue"}, (0.0, 2.0))

@@ -314,14 +314,16 @@ def _blend_state(local_blend, tok, prompts, layers, latent_hw, n):
 
 
 def reweight_response(pipe, prompt: str, reads: dict, scales, seeds=(0, 1, 2),
-                      num_inference_steps: int | None = None) -> dict:
+                      num_inference_steps: int | None = None, **options) -> dict:
     """How much each word's re-weighting changes the picture: ``{word: changes}``, one change per scale.
 
     reads: ``{word: measure}``, a measure of :func:`p2p_lab.metrics.object_measures` (``"radius"``,
-    ``"area"``, ``"hue"``, ``"bg_hue"``). For each word and seed, one edit of ``prompt`` into itself
-    re-weights the word by every scale (each scale a target row, the source shared); the change is
-    the measure at that scale minus the measure at scale 1 (the unedited picture; hues wrap to
-    -180..180 degrees), averaged over the seeds (nan where the scorer found no object).
+    ``"area"``, ``"hue"``, ``"bg_hue"``, ``"shading"``). For each word and seed, one edit of ``prompt``
+    into itself re-weights the word by every scale (each scale a target row, the source shared); the
+    change is the measure at that scale minus the measure at scale 1 (the unedited picture; hues wrap
+    to -180..180 degrees), averaged over the seeds (nan where the scorer found no object).
+    ``options``: other settings of the edit (:class:`~p2p_lab.p2p.options.EditOptions` fields), e.g.
+    ``cross_tau=1.0`` to keep the scaling to the last step.
     """
     from ..metrics import object_measures
 
@@ -335,7 +337,7 @@ def reweight_response(pipe, prompt: str, reads: dict, scales, seeds=(0, 1, 2),
         total = np.zeros(len(scales))
         for seed in seeds:
             res = edit(pipe, prompt, [prompt] * len(scales), reweight=[{word: c} for c in scales],
-                       seed=seed, num_inference_steps=num_inference_steps)
+                       seed=seed, num_inference_steps=num_inference_steps, **options)
             vals = np.array([object_measures(img)[what] for img in res.target_images])
             delta = vals - vals[unedited]
             total += (delta + 180) % 360 - 180 if "hue" in what else delta
