@@ -17,7 +17,9 @@ their prompt asks are scored (``n`` says how many).
 A swap or insertion succeeds when the edited picture reads as the target and everything else
 keeps the source's reading (shape, colour, background, object style, background style);
 ``shift_px`` is the median centroid movement of the edited object; ``failures`` counts, over the
-failed edits, each attribute read wrongly (what limits the success rate). ``reweight``: the measured
+failed edits, each attribute read wrongly, and ``target_alone_wrong`` how many of the failed edits'
+target prompts the model also misses when sampled alone from the same seed (no injection): those
+failures are the model's prompt following, the rest the edit's (what limits the success rate). ``reweight``: the measured
 attribute at each scale (mean over seeds), its Spearman correlation with c, and
 ``response_share`` = (response at the largest c - at the smallest) / the attribute's range in the
 world. ``local_blend``: the mean change of the pixels outside the blend's mask (its last step's)
@@ -100,7 +102,7 @@ def edit_success(src: dict, tgt: dict | None, target: str, changed: str) -> bool
 
 
 def run_kind(pipe, edit, kind, seeds) -> dict:
-    ok, shifts, n, failures = [], [], 0, Counter()
+    ok, shifts, n, failures, alone_wrong = [], [], 0, Counter(), 0
     for seed in seeds:
         source, target, changed = make_pair(kind, np.random.default_rng([7, seed]))
         res = edit(pipe, source, target, seed=seed)
@@ -112,11 +114,14 @@ def run_kind(pipe, edit, kind, seeds) -> dict:
         wrong = mismatches(src, tgt, target, changed)
         ok.append(not wrong)
         failures.update(wrong)
+        if wrong:  # the target prompt alone from the same seed (no injection): does the model draw it?
+            alone = edit(pipe, source, target, seed=seed, cross_tau=0.0, self_tau=0.0, cache=res.cache)
+            alone_wrong += not shapes.score_caption(alone.target_images[0], target)["all"]
         if tgt is not None:
             shifts.append(centroid_shift(src["object"], tgt["object"]))
     return {"success": round(float(np.mean(ok)), 4) if ok else None,
             "shift_px": round(float(np.median(shifts)), 3) if shifts else None, "n": n,
-            "failures": dict(sorted(failures.items()))}
+            "failures": dict(sorted(failures.items())), "target_alone_wrong": alone_wrong}
 
 
 def run_reweight(pipe, edit, styles: bool, seeds) -> dict:
