@@ -64,6 +64,9 @@ class TrainConfig:
     ema: float = 0.999  # EMA of UNet and text encoder weights; the EMA weights are shipped
     caption_dropout: float = 0.1
     attn_loss_weight: float = 0.05  # 0 switches the auxiliary attention loss off
+    attn_region: str = "shape"  # the attention loss's object region: "shape", the object's own mask;
+    # "box", its bounding square (the same for a circle, square or triangle in one place: the maps
+    # then say where the object is, not which outline it has)
     context_swap: float = 0.5  # fraction of captions whose tokens after the object words are encoded
     # from a decoy caption naming another object (see decoy_caption); 0 switches it off
     word_decoys: float = 0.5  # fraction of captions whose object words are each encoded after decoy
@@ -84,8 +87,13 @@ def _style_index(style, styles) -> int:
     return 0 if style is None else 1 + styles.index(style)
 
 
-def render_dataset(n: int, seed: int, p_style: float = 0.0, p_background_style: float = 0.0) -> dict[str, np.ndarray]:
-    """n one-object scenes: images (n, 32, 32, 3) uint8, soft masks (n, 32, 32), attributes."""
+def render_dataset(n: int, seed: int, p_style: float = 0.0, p_background_style: float = 0.0,
+                   region: str = "shape") -> dict[str, np.ndarray]:
+    """n one-object scenes: images (n, 32, 32, 3) uint8, soft masks (n, 32, 32) of each object's
+    ``region`` ("shape": the object itself; "box": its bounding square), attributes."""
+    if region not in ("shape", "box"):
+        raise ValueError(f"unknown attention region {region!r}; use 'shape' (the object's own mask) or "
+                         f"'box' (its bounding square)")
     rng = np.random.default_rng(seed)
     size = shapes.IMAGE_SIZE
     images = np.empty((n, size, size, 3), np.uint8)
@@ -96,7 +104,7 @@ def render_dataset(n: int, seed: int, p_style: float = 0.0, p_background_style: 
         scene = shapes.sample_scene(rng, p_style=p_style, p_background_style=p_background_style)
         obj = scene.objects[0]
         images[i], _ = shapes.render(scene)
-        masks[i] = shapes.shape_mask(obj)
+        masks[i] = shapes.shape_mask(obj if region == "shape" else dataclasses.replace(obj, shape="square"))
         attrs[i] = (shapes.SHAPES.index(obj.shape), colors.index(obj.color),
                     shapes.SIZES.index(obj.size), colors.index(scene.background),
                     _style_index(obj.style, shapes.OBJECT_STYLES),
@@ -589,9 +597,12 @@ def _settings_differ(out: Path, cfg: TrainConfig, mcfg: ModelConfig, totals_too:
     the step totals too when ``totals_too``), each as 'part.name: there, now'."""
     old = json.loads((out / "config.json").read_text())
     new = json.loads(json.dumps({"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(mcfg)}))
-    return [f"{part}.{k}: {old[part].get(k)!r} there, {v!r} now" for part in ("train", "model")
+    default = {"train": dataclasses.asdict(TrainConfig()), "model": dataclasses.asdict(ModelConfig())}
+    # a setting missing from an older run's config.json ran at its default (it did not exist yet)
+    there = {part: {k: old.get(part, {}).get(k, default[part][k]) for k in new[part]} for part in new}
+    return [f"{part}.{k}: {there[part][k]!r} there, {v!r} now" for part in ("train", "model")
             for k, v in new[part].items()
-            if k not in _RUN_ONLY and (totals_too or k not in _TOTALS) and old.get(part, {}).get(k) != v]
+            if k not in _RUN_ONLY and (totals_too or k not in _TOTALS) and there[part][k] != v]
 
 
 def check_resumable(out: Path, cfg: TrainConfig, mcfg: ModelConfig) -> None:
@@ -632,7 +643,7 @@ def main(cfg: TrainConfig, mcfg: ModelConfig | None = None) -> Path:
     if data_file.exists():
         data = dict(np.load(data_file))
     else:
-        data = render_dataset(cfg.n_scenes, cfg.seed, cfg.p_style, cfg.p_background_style)
+        data = render_dataset(cfg.n_scenes, cfg.seed, cfg.p_style, cfg.p_background_style, cfg.attn_region)
         np.savez(data_file, **data)
     t0 = time.time()
     if cfg.init_from:  # a fine-tune: the pipeline's own autoencoder (its latents are the UNet's)

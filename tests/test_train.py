@@ -238,6 +238,43 @@ def test_a_foreign_or_finished_checkpoint_is_refused(tmp_path):
     check_resumable(out, TrainConfig(steps=TrainConfig().steps + 1000), ModelConfig())  # extends it
 
 
+
+def test_a_run_from_before_a_setting_existed_resumes_at_its_default(tmp_path):
+    from p2p_lab.model import ModelConfig
+    from p2p_lab.train import check_resumable
+
+    out = tmp_path / "run"
+    out.mkdir()
+    older = {k: v for k, v in vars(TrainConfig()).items() if k != "attn_region"}  # written before it existed
+    (out / "config.json").write_text(json.dumps({"train": older, "model": vars(ModelConfig())}))
+    check_resumable(out, TrainConfig(), ModelConfig())  # it ran on the object's own mask, the default
+    with pytest.raises(ValueError, match=r"train\.attn_region: 'shape' there, 'box' now"):
+        check_resumable(out, TrainConfig(attn_region="box"), ModelConfig())
+
+
+def test_the_box_region_is_the_bounding_square_of_every_shape():
+    """The attention loss's "box" region: a square of side 2r around the object's centre whatever its
+    shape, area (2r)^2 in pixels; the "shape" region is the object itself (a circle: pi r^2; an upright
+    triangle of height and base 2r: 2r^2)."""
+    from p2p_lab import shapes
+    from p2p_lab.train import render_dataset
+
+    shape_data = render_dataset(200, 3, 0.4, 0.35)
+    box_data = render_dataset(200, 3, 0.4, 0.35, region="box")
+    assert np.array_equal(shape_data["images"], box_data["images"])  # the same scenes, other masks
+    rng = np.random.default_rng(3)
+    for i in range(200):  # render_dataset's own draws, repeated to learn each scene's centre and radius
+        obj = shapes.sample_scene(rng, p_style=0.4, p_background_style=0.35).objects[0]
+        (cy, cx), r = obj.center, obj.radius
+        whole = r < min(cy, cx, 32 - cy, 32 - cx)  # the square lies inside the picture
+        if whole:  # sampled at a quarter pixel: within a quarter pixel times the outline's length
+            assert abs(box_data["masks"][i].sum() - (2 * r) ** 2) < 0.25 * 8 * r
+            area, outline = {"circle": (np.pi * r ** 2, 2 * np.pi * r), "square": ((2 * r) ** 2, 8 * r),
+                             "triangle": (2 * r ** 2, (2 + 2 * 5 ** 0.5) * r)}[obj.shape]
+            assert abs(shape_data["masks"][i].sum() - area) < 0.25 * outline
+    with pytest.raises(ValueError, match="unknown attention region 'disc'.*'shape'.*'box'"):
+        render_dataset(2, 0, region="disc")
+
 TINY_RUN = dict(n_scenes=64, vae_steps=2, vae_batch=4, batch=4, decoder_steps=2, decoder_batch=4, warmup=2, steps=2)
 
 
