@@ -19,7 +19,10 @@ def _add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
 def _train(args) -> int:
     from .train import RECIPES, TrainConfig, main, recipe_run_settings, run_recipe
 
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    try:
+        cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     if args.recipe is None:
         folder = main(cfg)
     else:

@@ -80,6 +80,14 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     progress: bool = True
 
+    def __post_init__(self):
+        if self.attn_region not in ATTN_REGIONS:
+            raise ValueError(f"unknown attention region {self.attn_region!r}; use 'shape' (the object's own "
+                             f"mask) or 'box' (its bounding square)")
+
+
+ATTN_REGIONS = ("shape", "box")  # TrainConfig.attn_region
+
 
 # ------------------------------------------------------------------ data
 
@@ -91,7 +99,7 @@ def render_dataset(n: int, seed: int, p_style: float = 0.0, p_background_style: 
                    region: str = "shape") -> dict[str, np.ndarray]:
     """n one-object scenes: images (n, 32, 32, 3) uint8, soft masks (n, 32, 32) of each object's
     ``region`` ("shape": the object itself; "box": its bounding square), attributes."""
-    if region not in ("shape", "box"):
+    if region not in ATTN_REGIONS:
         raise ValueError(f"unknown attention region {region!r}; use 'shape' (the object's own mask) or "
                          f"'box' (its bounding square)")
     rng = np.random.default_rng(seed)
@@ -597,7 +605,7 @@ def _settings_differ(out: Path, cfg: TrainConfig, mcfg: ModelConfig, totals_too:
     the step totals too when ``totals_too``), each as 'part.name: there, now'."""
     old = json.loads((out / "config.json").read_text())
     new = json.loads(json.dumps({"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(mcfg)}))
-    default = {"train": dataclasses.asdict(TrainConfig()), "model": dataclasses.asdict(ModelConfig())}
+    default = json.loads(json.dumps({"train": dataclasses.asdict(TrainConfig()), "model": dataclasses.asdict(ModelConfig())}))
     # a setting missing from an older run's config.json ran at its default (it did not exist yet)
     there = {part: {k: old.get(part, {}).get(k, default[part][k]) for k in new[part]} for part in new}
     return [f"{part}.{k}: {there[part][k]!r} there, {v!r} now" for part in ("train", "model")

@@ -274,6 +274,8 @@ def test_the_box_region_is_the_bounding_square_of_every_shape():
             assert abs(shape_data["masks"][i].sum() - area) < 0.25 * outline
     with pytest.raises(ValueError, match="unknown attention region 'disc'.*'shape'.*'box'"):
         render_dataset(2, 0, region="disc")
+    with pytest.raises(SystemExit, match="unknown attention region 'disc'.*'shape'.*'box'"):
+        cli(["train", "--attn-region", "disc", "--out", "unused", "--export", "unused"])
 
 TINY_RUN = dict(n_scenes=64, vae_steps=2, vae_batch=4, batch=4, decoder_steps=2, decoder_batch=4, warmup=2, steps=2)
 
