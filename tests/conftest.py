@@ -46,6 +46,24 @@ def sd_like_pipe():
 
 
 @pytest.fixture(scope="session")
+def drawn():
+    """A ground-truth picture (float in [0, 1]) of a one-object prompt: the shapes world's renderer,
+    the object flat unless the prompt says "shaded", placed by the seed. For fake edits in tests."""
+    import numpy as np
+
+    from p2p_lab import shapes
+
+    def draw(prompt: str, seed: int):
+        want = shapes.parse_caption(prompt)
+        w = want["objects"][0]
+        scene = shapes.sample_scene(np.random.default_rng(seed), shape=w["shape"], color=w["color"],
+                                    background=want["background"], style=w["style"])
+        return shapes.render(scene)[0].astype(np.float32) / 255.0
+
+    return draw
+
+
+@pytest.fixture(scope="session")
 def load_benchmark():
     """A loader of ``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
     import importlib.util

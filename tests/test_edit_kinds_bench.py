@@ -50,35 +50,26 @@ def test_success_needs_the_target_and_everything_else_kept(load_benchmark):
 
 
 
-def _drawn(prompt, seed):
-    """A ground-truth picture of a one-object prompt (a flat object, placed by the seed)."""
-    want = shapes.parse_caption(prompt)
-    w = want["objects"][0]
-    scene = shapes.sample_scene(np.random.default_rng(seed), shape=w["shape"], color=w["color"],
-                                background=want["background"], style=w["style"])
-    return shapes.render(scene)[0].astype(np.float32) / 255.0
-
-
 class _FakeEdit:
     """An edit that always keeps the source picture (the edit fails); sampled alone (no injection),
     the target prompt is drawn right when ``alone_right``, else it keeps the source too."""
 
-    def __init__(self, alone_right):
-        self.alone_right, self.alone_calls = alone_right, 0
+    def __init__(self, alone_right, drawn):
+        self.alone_right, self.alone_calls, self.drawn = alone_right, 0, drawn
 
     def __call__(self, pipe, source, target, *, seed, cross_tau=0.8, self_tau=0.4, cache=None):
         from types import SimpleNamespace
 
         alone = cross_tau == 0.0 and self_tau == 0.0
         self.alone_calls += alone
-        img = _drawn(target if alone and self.alone_right else source, seed)
-        return SimpleNamespace(source_image=_drawn(source, seed), target_images=[img], cache="cache")
+        img = self.drawn(target if alone and self.alone_right else source, seed)
+        return SimpleNamespace(source_image=self.drawn(source, seed), target_images=[img], cache="cache")
 
 
-def test_failed_edits_are_split_by_whether_the_model_draws_the_target_alone(load_benchmark):
+def test_failed_edits_are_split_by_whether_the_model_draws_the_target_alone(load_benchmark, drawn):
     bench = load_benchmark("edit_kinds")
     for alone_right, want_alone_wrong in ((True, 0), (False, 4)):
-        fake = _FakeEdit(alone_right)
+        fake = _FakeEdit(alone_right, drawn)
         out = bench.run_kind(None, fake, "swap_shape", range(4))
         assert out["n"] == 4 and out["success"] == 0.0 and out["failures"] == {"shape": 4}
         assert out["target_alone_wrong"] == want_alone_wrong and fake.alone_calls == 4

@@ -1,10 +1,7 @@
 """benchmarks/swap_failures.py: each failed swap classed by which single change fixes it."""
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
-
-from p2p_lab import shapes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -18,22 +15,14 @@ def test_a_failure_is_the_models_miss_first_then_the_cross_window_then_the_self_
     assert bench.classify(True, []) == "other"
 
 
-def _drawn(prompt, seed):
-    want = shapes.parse_caption(prompt)
-    w = want["objects"][0]
-    scene = shapes.sample_scene(np.random.default_rng(seed), shape=w["shape"], color=w["color"],
-                                background=want["background"], style=w["style"])
-    return shapes.render(scene)[0].astype(np.float32) / 255.0
-
-
-def test_each_failed_swap_is_rerun_with_every_setting(load_benchmark):
+def test_each_failed_swap_is_rerun_with_every_setting(load_benchmark, drawn):
     """A fake edit that keeps the source picture unless cross_tau <= 0.4 (or nothing is injected):
     every shape swap fails at the defaults and is fixed by cross 0.4 and 0.2 only, a 'cross_window' failure."""
     bench = load_benchmark("swap_failures")
 
     def fake_edit(pipe, source, target, *, seed, cross_tau=0.8, self_tau=0.4, cache=None):
-        img = _drawn(target if cross_tau <= 0.4 else source, seed)
-        return SimpleNamespace(source_image=_drawn(source, seed), target_images=[img], cache="c")
+        img = drawn(target if cross_tau <= 0.4 else source, seed)
+        return SimpleNamespace(source_image=drawn(source, seed), target_images=[img], cache="c")
 
     out = bench.diagnose(None, fake_edit, "swap_shape", range(3))
     assert out["n"] == 3 and out["failed"] == 3 and out["classes"] == {"cross_window": 3}
