@@ -1,11 +1,16 @@
 """Shared fixtures: the shipped model, an SD-v1-topology model with random weights, one torch thread;
 and a plugin that fails a notebook cell (nbval) whose output holds a warning or a library notice."""
+import os
 from pathlib import Path
 
-import pytest
-import torch
+if os.environ.get("PYTEST_XDIST_WORKER"):  # the README's command: two workers on two cores, one thread each
+    os.environ["OMP_NUM_THREADS"] = "1"  # (read by torch on import, and by the notebooks' kernels): threads
+    # spinning against each other's on the same cores cost far more than they add
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, torch.get_num_threads())))
 
 
 class NotebookWarnings:
