@@ -101,22 +101,33 @@ def edit_success(src: dict, tgt: dict | None, target: str, changed: str) -> bool
     return not mismatches(src, tgt, target, changed)
 
 
-def run_kind(pipe, edit, kind, seeds) -> dict:
-    ok, shifts, n, failures, alone_wrong = [], [], 0, Counter(), 0
+def scored_edits(pipe, edit, kind, seeds):
+    """For each seed whose source the model renders as its prompt asks: (seed, source, target, changed,
+    the edit's result, the source's and the edited picture's readings, the attributes it gets wrong)."""
     for seed in seeds:
         source, target, changed = make_pair(kind, np.random.default_rng([7, seed]))
         res = edit(pipe, source, target, seed=seed)
         src = reading_of(res.source_image)
         if src is None or not shapes.score_caption(res.source_image, source)["all"]:
             continue
-        n += 1
         tgt = reading_of(res.target_images[0])
-        wrong = mismatches(src, tgt, target, changed)
+        yield seed, source, target, changed, res, src, tgt, mismatches(src, tgt, target, changed)
+
+
+def target_alone_right(pipe, edit, res, source, target, seed) -> bool:
+    """Does the model draw ``target`` sampled alone from ``seed`` (no injection; the source from ``res``)?"""
+    alone = edit(pipe, source, target, seed=seed, cross_tau=0.0, self_tau=0.0, cache=res.cache)
+    return bool(shapes.score_caption(alone.target_images[0], target)["all"])
+
+
+def run_kind(pipe, edit, kind, seeds) -> dict:
+    ok, shifts, n, failures, alone_wrong = [], [], 0, Counter(), 0
+    for seed, source, target, _, res, src, tgt, wrong in scored_edits(pipe, edit, kind, seeds):
+        n += 1
         ok.append(not wrong)
         failures.update(wrong)
-        if wrong:  # the target prompt alone from the same seed (no injection): does the model draw it?
-            alone = edit(pipe, source, target, seed=seed, cross_tau=0.0, self_tau=0.0, cache=res.cache)
-            alone_wrong += not shapes.score_caption(alone.target_images[0], target)["all"]
+        if wrong:  # the model's own miss, or the edit's?
+            alone_wrong += not target_alone_right(pipe, edit, res, source, target, seed)
         if tgt is not None:
             shifts.append(centroid_shift(src["object"], tgt["object"]))
     return {"success": round(float(np.mean(ok)), 4) if ok else None,
@@ -124,14 +135,19 @@ def run_kind(pipe, edit, kind, seeds) -> dict:
             "failures": dict(sorted(failures.items())), "target_alone_wrong": alone_wrong}
 
 
+def reweight_prompt(word: str, seed: int) -> str:
+    """The re-weighting benchmark's prompt for this seed: a drawn scene with ``word`` before the object."""
+    scene = shapes.sample_scene(np.random.default_rng([11, seed]))
+    obj = scene.objects[0]
+    return f"a {word} {obj.color} {obj.shape} on a {scene.background} background"
+
+
 def run_reweight(pipe, edit, styles: bool, seeds) -> dict:
     word = "shaded" if styles else "big"
     lo, hi = (0.0, shapes.SHADE_RANGE[1]) if styles else (shapes.RADIUS["small"][0], shapes.RADIUS["big"][1])
     rows = []
     for seed in seeds:
-        scene = shapes.sample_scene(np.random.default_rng([11, seed]))
-        obj = scene.objects[0]
-        prompt = f"a {word} {obj.color} {obj.shape} on a {scene.background} background"
+        prompt = reweight_prompt(word, seed)
         res = edit(pipe, prompt, [prompt] * len(SCALES), reweight=[{word: c} for c in SCALES], seed=seed)
         reads = [reading_of(img) for img in res.target_images]
         if any(r is None for r in reads):

@@ -36,7 +36,7 @@ import numpy as np
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from edit_kinds import SCALES, reading_of  # noqa: E402
+from edit_kinds import SCALES, reading_of, reweight_prompt  # noqa: E402
 
 from p2p_lab import shapes  # noqa: E402
 
@@ -50,10 +50,7 @@ ARMS = {  # source prompt ("same": the target itself; "big": "big" where the tar
 
 def prompts(seed: int) -> tuple[str, str]:
     """(target, the same with "big" for "shaded"): edit_kinds' re-weighting scene for this seed."""
-    scene = shapes.sample_scene(np.random.default_rng([11, seed]))
-    obj = scene.objects[0]
-    tail = f"{obj.color} {obj.shape} on a {scene.background} background"
-    return f"a shaded {tail}", f"a big {tail}"
+    return reweight_prompt("shaded", seed), reweight_prompt("big", seed)
 
 
 def run(pipe, edit, seeds) -> dict:

@@ -29,12 +29,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from edit_kinds import make_pair, mismatches, reading_of  # noqa: E402
-
-from p2p_lab import shapes  # noqa: E402
+from edit_kinds import mismatches, reading_of, scored_edits, target_alone_right  # noqa: E402
 
 SWAPS = ("swap_colour", "swap_shape", "swap_background")
 SETTINGS = {"cross 0.6": dict(cross_tau=0.6), "cross 0.4": dict(cross_tau=0.4), "cross 0.2": dict(cross_tau=0.2),
@@ -55,18 +51,11 @@ def classify(alone_right: bool, fixed_by: list[str]) -> str:
 
 def diagnose(pipe, edit, kind, seeds) -> dict:
     rows, n = [], 0
-    for seed in seeds:
-        source, target, changed = make_pair(kind, np.random.default_rng([7, seed]))  # edit_kinds' pairs
-        res = edit(pipe, source, target, seed=seed)
-        src = reading_of(res.source_image)
-        if src is None or not shapes.score_caption(res.source_image, source)["all"]:
-            continue
+    for seed, source, target, changed, res, src, _, wrong in scored_edits(pipe, edit, kind, seeds):
         n += 1
-        wrong = mismatches(src, reading_of(res.target_images[0]), target, changed)
         if not wrong:
             continue
-        alone = edit(pipe, source, target, seed=seed, cross_tau=0.0, self_tau=0.0, cache=res.cache)
-        alone_right = bool(shapes.score_caption(alone.target_images[0], target)["all"])
+        alone_right = target_alone_right(pipe, edit, res, source, target, seed)
         fixed_by = [name for name, knobs in SETTINGS.items()
                     if not mismatches(src, reading_of(edit(pipe, source, target, seed=seed, cache=res.cache,
                                                            **knobs).target_images[0]), target, changed)]

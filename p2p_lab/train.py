@@ -81,12 +81,14 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        if self.attn_region not in ATTN_REGIONS:
-            raise ValueError(f"unknown attention region {self.attn_region!r}; use 'shape' (the object's own "
-                             f"mask) or 'box' (its bounding square)")
+        check_attn_region(self.attn_region)
 
 
-ATTN_REGIONS = ("shape", "box")  # TrainConfig.attn_region
+def check_attn_region(region: str) -> None:
+    """Refuse an attention region other than "shape" or "box" (TrainConfig.attn_region), naming both."""
+    if region not in ("shape", "box"):
+        raise ValueError(f"unknown attention region {region!r}; use 'shape' (the object's own mask) or "
+                         f"'box' (its bounding square)")
 
 
 # ------------------------------------------------------------------ data
@@ -99,9 +101,7 @@ def render_dataset(n: int, seed: int, p_style: float = 0.0, p_background_style: 
                    region: str = "shape") -> dict[str, np.ndarray]:
     """n one-object scenes: images (n, 32, 32, 3) uint8, soft masks (n, 32, 32) of each object's
     ``region`` ("shape": the object itself; "box": its bounding square), attributes."""
-    if region not in ATTN_REGIONS:
-        raise ValueError(f"unknown attention region {region!r}; use 'shape' (the object's own mask) or "
-                         f"'box' (its bounding square)")
+    check_attn_region(region)
     rng = np.random.default_rng(seed)
     size = shapes.IMAGE_SIZE
     images = np.empty((n, size, size, 3), np.uint8)

@@ -49,7 +49,6 @@ def test_success_needs_the_target_and_everything_else_kept(load_benchmark):
     assert bench.mismatches(src, None, target, "style") == ["unreadable"]
 
 
-
 class _FakeEdit:
     """An edit that always keeps the source picture (the edit fails); sampled alone (no injection),
     the target prompt is drawn right when ``alone_right``, else it keeps the source too."""
@@ -74,6 +73,7 @@ def test_failed_edits_are_split_by_whether_the_model_draws_the_target_alone(load
         assert out["n"] == 4 and out["success"] == 0.0 and out["failures"] == {"shape": 4}
         assert out["target_alone_wrong"] == want_alone_wrong and fake.alone_calls == 4
         assert out["shift_px"] == 0.0  # the object never moved
+
 
 def test_smoke_run_prints_every_figure_as_json(load_benchmark, capsys):
     bench = load_benchmark("edit_kinds")
